@@ -1,0 +1,29 @@
+# The two set-up commands of README.md: `make demo` (main job) and `make test` (whole suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and alone: the pinned CPU build; anything else would pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/uharmony demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check UHarmonyLib Testing benchmarks scripts
+	$(BIN)/python -m pytest -q Testing
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python scripts/results_md.py
+
+clean:
+	rm -rf $(VENV) out

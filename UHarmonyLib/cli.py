@@ -1,0 +1,100 @@
+"""The `uharmony` command line; Slicer runs the same commands with `--progress json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from UHarmonyLib import __version__
+from UHarmonyLib.errors import UHarmonyError
+from UHarmonyLib.progress import JsonReporter, Reporter, make_reporter
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=["bar", "json"], default="bar", help="json: one JSON event per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uharmony", description="Harmonized multi-site brain-lesion segmentation.")
+    parser.add_argument("--version", action="version", version=f"uharmony {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    seg = verbs.add_parser("segment", help="segment one case with a model bundle")
+    seg.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    seg.add_argument(
+        "channels", nargs="+", type=Path, metavar="CHANNEL_FILE", help="one file or DICOM folder per channel"
+    )
+    seg.add_argument("--out", required=True, type=Path, help="label map (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    seg.add_argument("--site", default="auto", help="auto (domain gate) or a site name from the model card")
+    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    seg.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    seg.add_argument("--gate-json", type=Path, help="write the gate's site probabilities as JSON")
+    seg.add_argument("--gate-map", type=Path, help="write the per-patch most likely site as a label volume")
+    seg.add_argument("--probabilities", type=Path, help="write per-class probabilities (vector volume)")
+    _add_progress(seg)
+
+    models = verbs.add_parser("models", help="inspect model bundles")
+    mverbs = models.add_subparsers(dest="models_verb", required=True)
+    info = mverbs.add_parser("info", help="print a bundle's model card")
+    info.add_argument("path", type=Path)
+    info.add_argument("--json", action="store_true", help="print the card as JSON")
+    lst = mverbs.add_parser("list", help="list bundles in the bundled and user model folders")
+    lst.add_argument("folders", nargs="*", type=Path)
+    lst.add_argument("--json", action="store_true")
+
+    demo = verbs.add_parser("demo", help="segment the bundled sample case with the bundled default model")
+    demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default: out/)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_progress(demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    reporter = make_reporter(getattr(args, "progress", None))
+    try:
+        if args.verb == "segment":
+            from UHarmonyLib.commands.segment import run_segment
+
+            run_segment(args, reporter)
+        elif args.verb == "models":
+            from UHarmonyLib.commands.models import run_models
+
+            run_models(args)
+        elif args.verb == "demo":
+            from UHarmonyLib.commands.demo import run_demo
+
+            run_demo(args, reporter)
+        return 0
+    except UHarmonyError as e:
+        _fail(reporter, str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _fail(reporter, "interrupted")
+        return 130
+    except Exception as e:
+        if os.environ.get("UHARMONY_DEBUG"):
+            raise
+        _fail(reporter, f"internal error: {type(e).__name__}: {e} (set UHARMONY_DEBUG=1 for a traceback)")
+        return 1
+
+
+def _fail(reporter: Reporter, message: str) -> None:
+    message = " ".join(message.split())
+    if isinstance(reporter, JsonReporter):
+        reporter.error(message)
+    sys.stderr.write(f"uharmony: error: {message}\n")
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 3)

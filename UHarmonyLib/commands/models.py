@@ -1,0 +1,85 @@
+"""`uharmony models info|list`: what a bundle is, and which bundles are installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from UHarmonyLib.bundle import find_bundles, read_card, verify_files
+from UHarmonyLib.errors import BundleError
+from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
+
+
+def format_card(card: dict[str, Any], path: Path) -> str:
+    arch = card["architecture"]
+    pre, inf, prov = card["preprocessing"], card["inference"], card.get("provenance", {})
+    lines = [
+        f"{card.get('title') or card['name']}  ({card['name']} v{card['version']}, format {card['format_version']})",
+        f"  path:          {path}",
+    ]
+    if card.get("description"):
+        lines.append(f"  description:   {card['description']}")
+    lines += [
+        f"  architecture:  {arch['backbone']} with {arch['norm']} normalization"
+        + (f", polynomial degree {arch['degree']}" if arch["norm"] == "uharmony" else "")
+        + (", site-gated heads" if arch.get("gated_heads") else ""),
+        "  channels:      " + ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"]),
+        "  labels:        " + ", ".join(f"{lab['value']}={lab['name']} {lab['color']}" for lab in card["labels"]),
+        "  sites:",
+    ]
+    for s in card["sites"]:
+        extra = ", ".join(f"{k} {v}" for k, v in s.items() if k != "name" and v not in (None, "", []))
+        lines.append(f"    - {s['name']}" + (f" ({extra})" if extra else ""))
+    lines += [
+        f"  preprocessing: orientation {pre['orientation']}, spacing {pre['spacing']} mm, "
+        f"intensity {pre['intensity'].get('method')}",
+        f"  inference:     patch {inf['patch_size']}, overlap {inf['overlap']}, "
+        f"familiar if gate entropy <= {inf.get('familiar_entropy')}",
+        f"  provenance:    created {prov.get('created', '?')} by {prov.get('software', '?')}",
+    ]
+    if prov.get("command"):
+        lines.append(f"                 command: {prov['command']}")
+    for k, v in (card.get("metrics") or {}).items():
+        lines.append(f"  metric {k}: {v}")
+    for name, meta in card.get("files", {}).items():
+        lines.append(f"  file {name}: {meta['bytes']} bytes, sha256 {meta['sha256'][:16]}... verified")
+    return "\n".join(lines)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    if args.models_verb == "info":
+        card = read_card(args.path)
+        verify_files(args.path, card)
+        print(json.dumps(card, indent=2) if args.json else format_card(card, args.path))
+        return
+    folders = args.folders or [BUNDLED_MODELS, user_models_dir()]
+    rows = []
+    for folder in folders:
+        for path in find_bundles(folder):
+            try:
+                card = read_card(path)
+                verify_files(path, card)
+                rows.append(
+                    {
+                        "path": str(path),
+                        "name": card["name"],
+                        "version": card["version"],
+                        "title": card.get("title", ""),
+                        "sites": [s["name"] for s in card["sites"]],
+                        "ok": True,
+                    }
+                )
+            except BundleError as e:
+                rows.append({"path": str(path), "ok": False, "problem": str(e)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no model bundles found in " + ", ".join(str(f) for f in folders))
+    for r in rows:
+        if r["ok"]:
+            print(f"{r['name']} v{r['version']}  {r['title']}  sites: {', '.join(r['sites'])}  [{r['path']}]")
+        else:
+            print(f"UNUSABLE  {r['path']}: {r['problem']}")

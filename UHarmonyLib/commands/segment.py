@@ -1,0 +1,118 @@
+"""`uharmony segment`: one case in, label map and gate decision out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from UHarmonyLib.atomic import check_writable, write_text_atomic
+from UHarmonyLib.bundle import Bundle, load_bundle
+from UHarmonyLib.device import resolve_device
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.gate import GateDecision
+from UHarmonyLib.inference import SegmentationResult, check_site, segment_files
+from UHarmonyLib.progress import JsonReporter, Reporter
+from UHarmonyLib.volumes import check_output_path, write_volume
+
+SITE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+
+
+def site_labels(sites: list[str]) -> list[dict[str, Any]]:
+    """Gate-map segments: one per site, value = 1-based site index."""
+    return [{"value": i + 1, "name": s, "color": SITE_COLORS[i % len(SITE_COLORS)]} for i, s in enumerate(sites)]
+
+
+def describe_gate(decision: GateDecision) -> str:
+    """The gate's decision in plain words, one site per line."""
+    lines = ["Site probabilities (domain gate):" if not decision.given else "Site given by the user:"]
+    width = max(len(s) for s in decision.sites)
+    for name, p in sorted(zip(decision.sites, decision.probabilities), key=lambda t: -t[1]):
+        lines.append(f"  {name:<{width}}  {p:6.3f}  {'#' * int(p * 30 + 0.5)}")
+    if not decision.given:
+        lines.append(f"Chosen site: {decision.chosen} (normalized entropy {decision.entropy:.2f})")
+        if not decision.familiar:
+            lines.append(
+                "WARNING: this case looks unlike every site the model was trained on "
+                f"(entropy {decision.entropy:.2f} > {decision.familiar_threshold:.2f}); check the result carefully."
+            )
+    return "\n".join(lines)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable or clashing output paths before any work is done."""
+    outputs = [p for p in (args.out, args.gate_map, args.probabilities) if p is not None]
+    for p in outputs:
+        check_output_path(p)
+    if args.gate_json is not None:
+        if args.gate_json.suffix.lower() != ".json":
+            raise InputError(f"{args.gate_json}: gate JSON file must end in .json")
+        check_writable(args.gate_json)
+        outputs.append(args.gate_json)
+    resolved = [p.resolve() for p in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise InputError("two outputs name the same file")
+    inputs = {p.resolve() for p in args.channels}
+    clash = next((p for p in outputs if p.resolve() in inputs), None)
+    if clash is not None:
+        raise InputError(f"{clash}: output would overwrite an input file")
+
+
+def write_outputs(args: argparse.Namespace, bundle: Bundle, result: SegmentationResult) -> dict[str, str]:
+    written = {"segmentation": str(args.out)}
+    write_volume(result.labels, args.out, labels=bundle.labels)
+    if args.gate_json is not None:
+        write_text_atomic(args.gate_json, json.dumps(result.gate.to_json(), indent=2) + "\n")
+        written["gate_json"] = str(args.gate_json)
+    if args.gate_map is not None and result.gate_map is not None:
+        write_volume(result.gate_map, args.gate_map, labels=site_labels(bundle.site_names))
+        written["gate_map"] = str(args.gate_map)
+    if args.probabilities is not None and result.probabilities is not None:
+        write_volume(result.probabilities, args.probabilities)
+        written["probabilities"] = str(args.probabilities)
+    return written
+
+
+def result_payload(bundle: Bundle, result: SegmentationResult, written: dict[str, str], seconds: float) -> dict:
+    return {
+        "model": bundle.label_text,
+        "gate": result.gate.to_json(),
+        "volumes_ml": result.label_volumes_ml(bundle.labels),
+        "outputs": written,
+        "windows": result.windows,
+        "device": result.device,
+        "precision": result.precision,
+        "seconds": round(seconds, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+
+
+def run_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
+    start = time.perf_counter()
+    check_outputs(args)
+    device = resolve_device(args.device)
+    bundle = load_bundle(args.model)
+    check_site(bundle, args.site)
+    reporter.log(f"model {bundle.label_text}: channels {', '.join(bundle.channel_names)}; device {device}")
+    result = segment_files(
+        bundle,
+        [Path(p) for p in args.channels],
+        site=args.site,
+        device=device,
+        precision=args.precision,
+        want_probabilities=args.probabilities is not None,
+        want_gate_map=args.gate_map is not None,
+        reporter=reporter,
+    )
+    written = write_outputs(args, bundle, result)
+    payload = result_payload(bundle, result, written, time.perf_counter() - start)
+    reporter.result(payload)
+    if not isinstance(reporter, JsonReporter):
+        print(describe_gate(result.gate))
+        vols = ", ".join(f"{k} {v:.2f} ml" for k, v in payload["volumes_ml"].items())
+        print(f"Lesion volumes: {vols}")
+        run = f"{result.windows} windows, {result.device} {result.precision}, {payload['seconds']:.1f} s"
+        print(f"Wrote {args.out} ({run})")
+    return payload

@@ -1,0 +1,228 @@
+"""Whole-volume inference: read, move to model space, gate pass, segmentation pass, map back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from UHarmonyLib.bundle import Bundle
+from UHarmonyLib.device import autocast, resolve_precision
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.gate import GateDecision, aggregate, given_site
+from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.progress import Reporter, SilentReporter
+from UHarmonyLib.volumes import read_channels
+from UHarmonyLib.windows import pad_to_roi, window_slices
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one case produced, on the input grid."""
+
+    labels: sitk.Image
+    gate: GateDecision
+    probabilities: sitk.Image | None = None
+    gate_map: sitk.Image | None = None
+    windows: int = 0
+    device: str = "cpu"
+    precision: str = "float32"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def label_volumes_ml(self, labels: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Volume of each label in millilitres, from the input grid's voxel size."""
+        counts = np.bincount(sitk.GetArrayViewFromImage(self.labels).ravel())
+        voxel_ml = float(np.prod(self.labels.GetSpacing())) / 1000.0
+        return {
+            lab["name"]: round(float(counts[lab["value"]]) * voxel_ml if lab["value"] < len(counts) else 0.0, 3)
+            for lab in labels
+        }
+
+
+def check_site(bundle: Bundle, site: str) -> None:
+    """Refuse an unknown site name, or 'auto' on a model that needs the site named."""
+    if site == "auto":
+        if bundle.config.site_required:
+            raise InputError(
+                f"{bundle.path}: this model ({bundle.config.norm}) needs the site named with --site "
+                f"({', '.join(bundle.site_names)})"
+            )
+    elif site not in bundle.site_names:
+        raise InputError(f"unknown site '{site}'; the model knows: {', '.join(bundle.site_names)}")
+
+
+class _Engine:
+    """Runs the two passes on one device and precision."""
+
+    def __init__(self, bundle: Bundle, device: torch.device, dtype: torch.dtype, batch: int, reporter: Reporter):
+        self.bundle = bundle
+        self.net = bundle.net.to(device)
+        self.device = device
+        self.dtype = dtype
+        self.batch = batch
+        self.reporter = reporter
+        self.roi = tuple(int(r) for r in bundle.inference["patch_size"])
+        self.overlap = float(bundle.inference["overlap"])
+
+    def gate_pass(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[tuple[slice, ...]], tuple[int, ...]]:
+        """Per-window site probabilities and foreground weights over the whole volume."""
+        padded = pad_to_roi(x, self.roi)
+        slices = window_slices(padded.shape[2:], self.roi, self.overlap)
+        probs, weights = [], []
+        for start in range(0, len(slices), self.batch):
+            chunk = slices[start : start + self.batch]
+            patches = torch.cat([padded[(slice(None), slice(None), *s)] for s in chunk]).to(self.device)
+            with autocast(self.device, self.dtype):
+                logits = self.net.gate(patches)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            weights.append((patches != 0).flatten(1).float().mean(1).cpu())
+            self.reporter.progress("gate", start + len(chunk), len(slices))
+        return torch.cat(probs).numpy(), torch.cat(weights).numpy(), slices, tuple(padded.shape[2:])
+
+    def segment_pass(self, x: torch.Tensor, site_weights: torch.Tensor, total: int) -> torch.Tensor:
+        """Stitched class scores (1, K, x, y, z) in float32 on the CPU."""
+        done = 0
+        w = site_weights.to(self.device)
+
+        def predictor(patch: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            with autocast(self.device, self.dtype):
+                out = self.net.segment(patch, w.expand(patch.shape[0], -1))
+            done += patch.shape[0]
+            self.reporter.progress("segment", min(done, total), total)
+            return out.float()
+
+        return sliding_window_inference(
+            x,
+            roi_size=self.roi,
+            sw_batch_size=self.batch,
+            predictor=predictor,
+            overlap=self.overlap,
+            mode=self.bundle.inference.get("blend", "gaussian"),
+            sw_device=self.device,
+            device=torch.device("cpu"),
+        )
+
+
+def _gate_map(
+    decision: GateDecision,
+    weights: np.ndarray,
+    slices: list[tuple[slice, ...]],
+    padded: tuple[int, ...],
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    """Most likely site per voxel (1-based site index) from the windows covering it."""
+    acc = np.zeros((len(decision.sites), *padded), dtype=np.float32)
+    for p, w, s in zip(decision.window_probabilities, weights, slices):
+        acc[(slice(None), *s)] += (p * (w + 1e-3))[:, None, None, None].astype(np.float32)
+    offsets = [(pd - sh) // 2 for pd, sh in zip(padded, shape)]
+    crop = tuple(slice(o, o + n) for o, n in zip(offsets, shape))
+    return (acc[(slice(None), *crop)].argmax(0) + 1).astype(np.uint8)
+
+
+def _run(
+    engine: _Engine, x: torch.Tensor, site: str, want_gate_map: bool
+) -> tuple[GateDecision, torch.Tensor, np.ndarray | None, int, dict[str, float]]:
+    bundle = engine.bundle
+    threshold = float(bundle.inference.get("familiar_entropy", 0.5))
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    gate_map = None
+    with torch.inference_mode():
+        if site == "auto":
+            probs, weights, slices, padded = engine.gate_pass(x)
+            decision = GateDecision(bundle.site_names, aggregate(probs, weights), threshold, window_probabilities=probs)
+            if want_gate_map:
+                gate_map = _gate_map(decision, weights, slices, padded, tuple(x.shape[2:]))
+            total = len(slices)
+        else:
+            decision = given_site(bundle.site_names, site, threshold)
+            total = len(window_slices(pad_to_roi(x[:, :1], engine.roi).shape[2:], engine.roi, engine.overlap))
+        seconds["gate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        site_weights = torch.as_tensor(decision.probabilities, dtype=torch.float32).unsqueeze(0)
+        scores = engine.segment_pass(x, site_weights, total)
+        seconds["segment"] = time.perf_counter() - t
+    return decision, scores, gate_map, total, seconds
+
+
+def segment_volumes(
+    bundle: Bundle,
+    images: Sequence[sitk.Image],
+    *,
+    site: str = "auto",
+    device: torch.device | None = None,
+    precision: str = "auto",
+    want_probabilities: bool = False,
+    want_gate_map: bool = False,
+    reporter: Reporter | None = None,
+) -> SegmentationResult:
+    """Segment one case given as SimpleITK images (one per model channel, same grid)."""
+    reporter = reporter or SilentReporter()
+    device = device or torch.device("cpu")
+    check_site(bundle, site)
+    if want_gate_map and site != "auto":
+        raise InputError("--gate-map needs the gate, which does not run when --site names the site")
+    t0 = time.perf_counter()
+    space = ModelSpace.for_image(images[0], bundle.preprocessing)
+    x = normalize(stack_channels(space, images), bundle.preprocessing["intensity"]).unsqueeze(0)
+    prep = time.perf_counter() - t0
+    batch = int(bundle.inference.get("batch_size", 1))
+    attempts = [(device, batch)]
+    if device.type == "cuda":
+        attempts += [(device, 1)] if batch > 1 else []
+        attempts += [(torch.device("cpu"), 1)]
+    for i, (dev, size) in enumerate(attempts):
+        dtype = resolve_precision(precision if dev == device else "auto", dev)
+        engine = _Engine(bundle, dev, dtype, size, reporter)
+        try:
+            decision, scores, gate_map, total, seconds = _run(engine, x, site, want_gate_map)
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if i + 1 == len(attempts):
+                raise
+            retry = "with batch 1" if attempts[i + 1][0].type == "cuda" else "on the CPU (slower)"
+            reporter.log(f"GPU out of memory with batch {size}; retrying {retry}", "warning")
+    seconds["preprocess"] = prep
+    t = time.perf_counter()
+    values = np.array([0] + [lab["value"] for lab in bundle.labels], dtype=np.uint16)
+    label_dtype = np.uint8 if values.max() < 256 else np.uint16
+    probabilities = None
+    if space.resampled:
+        probs = torch.softmax(scores[0], dim=0).permute(1, 2, 3, 0).numpy()
+        prob_img = space.to_input(probs, sitk.sitkLinear)
+        prob_zyx = sitk.GetArrayViewFromImage(prob_img)
+        labels = space.array_to_input(values[prob_zyx.argmax(-1)].astype(label_dtype))
+        if want_probabilities:
+            probabilities = prob_img
+    else:
+        labels = space.to_input(values[scores[0].argmax(0).numpy()].astype(label_dtype))
+        if want_probabilities:
+            probabilities = space.to_input(torch.softmax(scores[0], dim=0).permute(1, 2, 3, 0).numpy())
+    gate_img = space.to_input(gate_map) if gate_map is not None else None
+    seconds["postprocess"] = time.perf_counter() - t
+    return SegmentationResult(
+        labels=labels,
+        gate=decision,
+        probabilities=probabilities,
+        gate_map=gate_img,
+        windows=total,
+        device=str(engine.device),
+        precision=str(engine.dtype).replace("torch.", ""),
+        seconds=seconds,
+    )
+
+
+def segment_files(bundle: Bundle, paths: Sequence[Path], **kwargs: Any) -> SegmentationResult:
+    """Read one file per model channel and segment them."""
+    reporter = kwargs.get("reporter") or SilentReporter()
+    images = read_channels(paths, bundle.channel_names, log=reporter.log)
+    return segment_volumes(bundle, images, **kwargs)

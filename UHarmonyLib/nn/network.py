@@ -1,0 +1,162 @@
+"""One constructor for U-Harmony and its baselines on MONAI backbones.
+
+MONAI's DynUNet and SwinUNETR are built unchanged, then their normalization layers and
+output convolution are swapped on the built model (module surgery), so no MONAI code is
+copied and any MONAI release with the same module layout works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from monai.networks.nets import DynUNet, SwinUNETR
+from torch import nn
+
+from UHarmonyLib.nn.gate import DomainGate
+from UHarmonyLib.nn.harmony import HarmonyNorm
+from UHarmonyLib.nn.heads import GatedHead
+from UHarmonyLib.nn.site_weights import SiteConditioned
+
+BACKBONES = ("dynunet", "swinunetr")
+NORMS = ("uharmony", "instance", "dsbn")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything needed to rebuild the network; stored as `architecture` in the model card."""
+
+    in_channels: int
+    out_channels: int
+    num_sites: int
+    backbone: str = "dynunet"
+    norm: str = "uharmony"
+    filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    feature_size: int = 12
+    degree: int = 3
+    harmony_layers: int = -1
+    gated_heads: bool = True
+    gate_channels: int = 16
+    gate_hidden: int = 64
+    spatial_dims: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone '{self.backbone}' (known: {', '.join(BACKBONES)})")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm '{self.norm}' (known: {', '.join(NORMS)})")
+        if min(self.in_channels, self.out_channels, self.num_sites) < 1:
+            raise ValueError("in_channels, out_channels and num_sites must be positive")
+
+    @property
+    def site_required(self) -> bool:
+        """DSBN has no gate-driven path: the site must be named."""
+        return self.norm == "dsbn"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["filters"] = list(self.filters)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture keys: {', '.join(unknown)}")
+        d = dict(d)
+        if "filters" in d:
+            d["filters"] = tuple(d["filters"])
+        return cls(**d)
+
+
+def _build_backbone(cfg: NetworkConfig) -> nn.Module:
+    if cfg.backbone == "dynunet":
+        depth = len(cfg.filters)
+        return DynUNet(
+            spatial_dims=cfg.spatial_dims,
+            in_channels=cfg.in_channels,
+            out_channels=cfg.out_channels,
+            kernel_size=[3] * depth,
+            strides=[1] + [2] * (depth - 1),
+            upsample_kernel_size=[2] * (depth - 1),
+            filters=list(cfg.filters),
+            norm_name=("INSTANCE", {"affine": True}),
+            deep_supervision=False,
+            res_block=True,
+        )
+    return SwinUNETR(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        feature_size=cfg.feature_size,
+        spatial_dims=cfg.spatial_dims,
+        normalize=False,  # its proj_out layer norm is functional and cannot be swapped
+    )
+
+
+def _norm_layers(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) for every InstanceNorm/LayerNorm, in registration order."""
+    found = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.InstanceNorm3d, nn.InstanceNorm2d, nn.LayerNorm)):
+                found.append((parent, name, child))
+    return found
+
+
+def _swap_norms(backbone: nn.Module, cfg: NetworkConfig) -> int:
+    """Replace the first `harmony_layers` normalization layers (all if negative)."""
+    layers = _norm_layers(backbone)
+    limit = len(layers) if cfg.harmony_layers < 0 else cfg.harmony_layers
+    degree = 1 if cfg.norm == "dsbn" else cfg.degree
+    for parent, name, old in layers[:limit]:
+        if isinstance(old, nn.LayerNorm):
+            new = HarmonyNorm(old.normalized_shape[-1], cfg.num_sites, degree, "channels_last", old.eps)
+        else:
+            new = HarmonyNorm(old.num_features, cfg.num_sites, degree, "channels_first", old.eps)
+        setattr(parent, name, new)
+    return min(limit, len(layers))
+
+
+def _output_conv_owner(backbone: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """The 1x1 output convolution of the backbone, with its parent and attribute name."""
+    block = backbone.output_block if isinstance(backbone, DynUNet) else backbone.out
+    for parent in block.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv3d, nn.Conv2d)):
+                return parent, name, child
+    raise RuntimeError("backbone has no output convolution")
+
+
+class UHarmonyNet(nn.Module):
+    """Backbone with harmony layers, a domain gate and (optionally) site-gated heads."""
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backbone = _build_backbone(cfg)
+        self.harmony_count = _swap_norms(self.backbone, cfg) if cfg.norm != "instance" else 0
+        if cfg.gated_heads:
+            parent, name, conv = _output_conv_owner(self.backbone)
+            setattr(parent, name, GatedHead.from_conv(conv, cfg.num_sites))
+        self.gate = DomainGate(cfg.in_channels, cfg.num_sites, cfg.gate_channels, cfg.gate_hidden, cfg.spatial_dims)
+        self._conditioned = [m for m in self.backbone.modules() if isinstance(m, SiteConditioned)]
+
+    def segment(self, x: torch.Tensor, site_weights: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits with the given site weights (B, S)."""
+        for m in self._conditioned:
+            m.site_weights = site_weights
+        try:
+            return self.backbone(x)
+        finally:
+            for m in self._conditioned:
+                m.site_weights = None
+
+    def forward(self, x: torch.Tensor, site_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(segmentation logits, gate logits); the gate's softmax drives the layers when no site is given."""
+        gate_logits = self.gate(x)
+        if site_weights is None:
+            site_weights = torch.softmax(gate_logits.float(), dim=1)
+        return self.segment(x, site_weights), gate_logits
