@@ -240,7 +240,10 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
     path = Path(path)
     card = read_card(path)
     verify_files(path, card)
-    net = UHarmonyNet(NetworkConfig.from_dict(card["architecture"]))
+    try:
+        net = UHarmonyNet(NetworkConfig.from_dict(card["architecture"]))
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. MONAI refuses the layer list
+        raise BundleError(f"{path}: unsupported architecture in model card: cannot build it ({e})") from e
     try:
         state = load_file(str(path / WEIGHTS_NAME), device=str(device))
     except (SafetensorError, OSError) as e:

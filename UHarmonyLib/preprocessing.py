@@ -70,7 +70,11 @@ class ModelSpace:
         img = sitk.GetImageFromArray(np.ascontiguousarray(zyx), isVector=vector)
         img.CopyInformation(self.grid)
         if self.resampled:
-            return sitk.Resample(img, self.reference, sitk.Transform(), interpolator, 0.0)
+            # the model grid's rounded size can end more than half a voxel before the input's last voxel
+            # centres: extend its edge values there instead of padding with 0 (which is no probability)
+            return sitk.Resample(
+                img, self.reference, sitk.Transform(), interpolator, 0.0, useNearestNeighborExtrapolator=True
+            )
         code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.reference.GetDirection())
         back = sitk.DICOMOrient(img, code)
         back.CopyInformation(self.reference)

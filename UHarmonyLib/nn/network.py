@@ -35,6 +35,7 @@ class NetworkConfig:
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     feature_size: int = 12
     degree: int = 3
+    full_res_degree: int = 1
     harmony_layers: int = -1
     gated_heads: bool = True
     gate_channels: int = 16
@@ -110,13 +111,12 @@ def _swap_norms(backbone: nn.Module, cfg: NetworkConfig) -> int:
     """Replace the first `harmony_layers` normalization layers (all if negative)."""
     layers = _norm_layers(backbone)
     limit = len(layers) if cfg.harmony_layers < 0 else cfg.harmony_layers
-    degree = 1 if cfg.norm == "dsbn" else cfg.degree
-    for parent, name, old in layers[:limit]:
-        if isinstance(old, nn.LayerNorm):
-            new = HarmonyNorm(old.normalized_shape[-1], cfg.num_sites, degree, "channels_last", old.eps)
-        else:
-            new = HarmonyNorm(old.num_features, cfg.num_sites, degree, "channels_first", old.eps)
-        setattr(parent, name, new)
+    widths = [old.normalized_shape[-1] if isinstance(old, nn.LayerNorm) else old.num_features for _, _, old in layers]
+    full_res = min(widths)  # the narrowest maps are the full-resolution ones in both backbones
+    for (parent, name, old), width in zip(layers[:limit], widths):
+        degree = 1 if cfg.norm == "dsbn" else (cfg.full_res_degree if width == full_res else cfg.degree)
+        layout = "channels_last" if isinstance(old, nn.LayerNorm) else "channels_first"
+        setattr(parent, name, HarmonyNorm(width, cfg.num_sites, degree, layout, old.eps))
     return min(limit, len(layers))
 
 

@@ -1,0 +1,213 @@
+"""Every bad input or output path: one error line, a non-zero exit code, and nothing written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import CliRun, assert_one_line_error, blob_array, make_image, run_main, write_volume_file
+
+import UHarmonyLib.commands.segment  # noqa: F401  (imported before any privilege drop below)
+from UHarmonyLib.errors import InputError
+
+
+@dataclass
+class Case:
+    """The channel files and output path of one bad command, and the words its error must contain."""
+
+    channels: list[Path]
+    out: Path
+    expected: str
+    extra: list[str] = field(default_factory=list)
+
+
+def _blob(path: Path, size: tuple[int, int, int] = (24, 20, 16)) -> Path:
+    return write_volume_file(path, size=size, spacing=(1.5, 1.5, 1.5))
+
+
+def _with_voxel(path: Path, value: float) -> Path:
+    array = blob_array((24, 20, 16))
+    array[5, 6, 7] = value
+    return write_volume_file(path, array_zyx=array, spacing=(1.5, 1.5, 1.5))
+
+
+def _missing(ind: Path, out: Path) -> Case:
+    return Case([ind / "nowhere.nii.gz"], out / "seg.nii.gz", "file not found")
+
+
+def _garbage(ind: Path, out: Path) -> Case:
+    bad = ind / "garbage.nii.gz"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    return Case([bad], out / "seg.nii.gz", "cannot read image")
+
+
+def _two_channels(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "a.nrrd"), _blob(ind / "b.nrrd")], out / "seg.nii.gz", "expects 1 channel file(s)")
+
+
+def _vector(ind: Path, out: Path) -> Case:
+    array = np.stack([blob_array((24, 20, 16), seed=k) for k in range(3)], axis=-1)
+    path = ind / "rgb.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=True), str(path))
+    return Case([path], out / "seg.nii.gz", "has 3 values per voxel")
+
+
+def _two_d(ind: Path, out: Path) -> Case:
+    path = ind / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(blob_array((24, 20, 1))[0]), str(path))
+    assert sitk.ReadImage(str(path)).GetDimension() == 2
+    return Case([path], out / "seg.nii.gz", "2-D of size (24, 20)")
+
+
+def _single_slice(ind: Path, out: Path) -> Case:
+    path = ind / "thin.nrrd"
+    sitk.WriteImage(make_image(blob_array((24, 20, 1))), str(path))
+    assert sitk.ReadImage(str(path)).GetSize() == (24, 20, 1)
+    return Case([path], out / "seg.nii.gz", "a 3-D volume is required")
+
+
+def _constant(ind: Path, out: Path) -> Case:
+    path = write_volume_file(ind / "flat.nii.gz", array_zyx=np.full((16, 20, 24), 42.0, np.float32))
+    return Case([path], out / "seg.nii.gz", "volume is constant")
+
+
+def _nan(ind: Path, out: Path) -> Case:
+    return Case([_with_voxel(ind / "nan.nrrd", float("nan"))], out / "seg.nii.gz", "contains 1 NaN or infinite")
+
+
+def _inf(ind: Path, out: Path) -> Case:
+    return Case([_with_voxel(ind / "inf.mha", float("inf"))], out / "seg.nii.gz", "contains 1 NaN or infinite")
+
+
+def _out_folder_missing(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "case.nrrd")], out / "missing" / "seg.nii.gz", "does not exist")
+
+
+def _out_parent_is_file(ind: Path, out: Path) -> Case:
+    (out / "notes.txt").write_text("a regular file, not a folder\n")
+    return Case([_blob(ind / "case.nrrd")], out / "notes.txt" / "seg.nii.gz", "does not exist")
+
+
+def _unsupported_extension(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "case.nrrd")], out / "seg.png", "unsupported output format")
+
+
+def _same_output_twice(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "case.nrrd")], out / "seg.nrrd", "two outputs", ["--probabilities", str(out / "seg.nrrd")])
+
+
+def _gate_json_suffix(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "case.nrrd")], out / "seg.nrrd", "must end in .json", ["--gate-json", str(out / "g.txt")])
+
+
+def _empty_dicom_folder(ind: Path, out: Path) -> Case:
+    folder = ind / "dicom"
+    folder.mkdir()
+    (folder / "README.txt").write_text("no images here\n")
+    return Case([folder], out / "seg.nii.gz", "holds no DICOM series")
+
+
+CASES: dict[str, Callable[[Path, Path], Case]] = {
+    "missing-file": _missing,
+    "unreadable-file": _garbage,
+    "wrong-channel-count": _two_channels,
+    "vector-image": _vector,
+    "2d-image": _two_d,
+    "single-slice": _single_slice,
+    "constant-volume": _constant,
+    "nan-voxel": _nan,
+    "inf-voxel": _inf,
+    "output-folder-missing": _out_folder_missing,
+    "output-parent-is-a-file": _out_parent_is_file,
+    "unsupported-extension": _unsupported_extension,
+    "same-output-twice": _same_output_twice,
+    "gate-json-suffix": _gate_json_suffix,
+    "dicom-folder-without-series": _empty_dicom_folder,
+}
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _check_refusal(run: CliRun, mode: str, expected: str) -> None:
+    if mode == "json":
+        # Slicer's mode: stderr holds only the error line, stdout's last event is the same error
+        line = assert_one_line_error(run)
+        last = json.loads(run.stdout.splitlines()[-1])
+        assert last == {"event": "error", "message": line.removeprefix("uharmony: error: ")}
+    else:
+        assert run.code != 0
+        errors = [ln for ln in run.stderr_lines if ln.startswith("uharmony: error:")]
+        assert len(errors) == 1 and run.stderr_lines[-1] == errors[0], run.stderr
+        line = errors[0]
+        assert run.stdout == ""
+    assert run.code == InputError.exit_code
+    assert expected in line, line
+
+
+@pytest.mark.parametrize("mode", ["bar", "json"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_refused_without_output(case: str, mode: str, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A bad input or output path gives one error line, exit code 2, and leaves the output folder as it was."""
+    ind, out = tmp_path / "in", tmp_path / "out"
+    ind.mkdir()
+    out.mkdir()
+    c = CASES[case](ind, out)
+    before = _listing(out)
+    run = run_main("segment", "--model", tiny_bundle, *c.channels, "--out", c.out, "--progress", mode, *c.extra)
+    _check_refusal(run, mode, c.expected)
+    assert _listing(out) == before
+
+
+def test_output_equal_to_input_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Naming an input file as the output is refused before any work, and the input keeps its bytes."""
+    case = write_volume_file(tmp_path / "case.nii.gz", spacing=(1.5, 1.5, 1.5))
+    data = case.read_bytes()
+    for mode in ("bar", "json"):
+        run = run_main("segment", "--model", tiny_bundle, case, "--out", case, "--progress", mode)
+        _check_refusal(run, mode, "would overwrite an input file")
+    assert case.read_bytes() == data
+    assert _listing(tmp_path) == ["case.nii.gz"]
+
+
+@contextlib.contextmanager
+def _without_root() -> Iterator[None]:
+    """Run as an unprivileged user if this process is root (root ignores permission bits)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setresuid(65534, 65534, 0)  # keep 0 as saved uid so root can be restored
+    try:
+        yield
+    finally:
+        os.setresuid(0, 0, 0)
+
+
+def test_read_only_output_folder_refused(tiny_bundle: Path, volume_file: Path) -> None:
+    """An output folder the user cannot write to is refused up front with one error line and nothing written."""
+    base = Path(tempfile.mkdtemp(prefix="uharmony-ro-"))  # outside pytest's owner-only folders
+    readonly = base / "readonly"
+    try:
+        base.chmod(0o755)
+        readonly.mkdir()
+        readonly.chmod(0o555)
+        with _without_root():
+            assert not os.access(readonly, os.W_OK), "the folder must really be read-only for this user"
+            run = run_main("segment", "--model", tiny_bundle, volume_file, "--out", readonly / "seg.nii.gz")
+        line = assert_one_line_error(run)
+        assert "is not writable" in line
+        assert run.code == InputError.exit_code
+        assert list(readonly.iterdir()) == []
+    finally:
+        readonly.chmod(0o755)
+        shutil.rmtree(base)

@@ -1,0 +1,1 @@
+"""Data: the MNI template shipped by nilearn, and synthetic multi-site lesion cases built on it."""
