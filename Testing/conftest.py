@@ -32,7 +32,6 @@ TINY_ARCH: dict[str, Any] = {
     "out_channels": 3,
     "num_sites": 3,
     "filters": (4, 8, 16),
-    "gate_channels": 4,
     "gate_hidden": 8,
 }
 SITES = [{"name": "alpha", "scanner": "1.5T"}, {"name": "beta"}, {"name": "gamma"}]

@@ -10,6 +10,7 @@ from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
 from UHarmonyLib.nn import DomainGate, GatedHead, HarmonyNorm, NetworkConfig, SiteConditioned, UHarmonyNet
+from UHarmonyLib.nn.gate import DETAIL_BINS, FEATURES_PER_CHANNEL, INTENSITY_BINS, scanner_signature
 from UHarmonyLib.nn.site_weights import one_hot_weights
 
 S = 3
@@ -59,14 +60,58 @@ def test_gated_head_from_conv_starts_every_site_at_the_conv() -> None:
 def test_domain_gate_softmax_sums_to_one() -> None:
     """Softmax of the gate's logits over a batch is a probability vector per sample."""
     torch.manual_seed(0)
-    gate = DomainGate(1, 4, stem_channels=4, hidden=8)
+    gate = DomainGate(1, 4, hidden=8)
     x = torch.randn(5, 1, 8, 8, 8) * torch.arange(1, 6).reshape(5, 1, 1, 1, 1)
-    assert gate.features(x).shape == (5, 8)
+    assert gate.features(x).shape == (5, FEATURES_PER_CHANNEL)
     logits = gate(x)
     assert logits.shape == (5, 4)
     p = torch.softmax(logits, dim=1)
     torch.testing.assert_close(p.sum(1), torch.ones(5))
     assert (p >= 0).all()
+
+
+def test_scanner_signature_histograms_and_absent_channel() -> None:
+    """Each histogram of a channel holds the fraction of its voxels; an absent (all-zero) channel gives zeros."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 24, 24, 24).clamp(-2.9, 4.9)
+    x[:, 1] = 0.0
+    f = scanner_signature(x)[0]
+    first, absent = f[:FEATURES_PER_CHANNEL], f[FEATURES_PER_CHANNEL:]
+    n_int = INTENSITY_BINS[0]
+    torch.testing.assert_close(first[:n_int].sum(), torch.tensor(1.0))
+    assert (first >= 0).all()
+    assert torch.count_nonzero(absent) == 0
+
+
+def test_scanner_signature_sees_noise_and_blur() -> None:
+    """More noise moves Laplacian mass to higher bins; blur moves gradient mass to lower bins."""
+    torch.manual_seed(0)
+    base = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 40, 40, 40), 5, 1, 2) * 5 + 1
+    noisy = base + 0.5 * torch.randn_like(base)
+    blurred = torch.nn.functional.avg_pool3d(base, 3, 1, 1)
+    bins = torch.arange(DETAIL_BINS[0], dtype=torch.float32)
+    n_int, n_det = INTENSITY_BINS[0], DETAIL_BINS[0]
+
+    def mean_bin(f: torch.Tensor, start: int) -> float:
+        h = f[0, start : start + n_det]
+        return float((h * bins).sum() / h.sum())
+
+    lap, grad = n_int, n_int + n_det
+    assert mean_bin(scanner_signature(noisy), lap) > mean_bin(scanner_signature(base), lap) + 0.5
+    assert mean_bin(scanner_signature(blurred), grad) < mean_bin(scanner_signature(base), grad) - 0.2
+
+
+def test_gate_scaler_standardizes_features() -> None:
+    """After fitting, the gate classifies standardized features (zero mean, unit spread on the fitted set)."""
+    torch.manual_seed(0)
+    gate = DomainGate(1, 3, hidden=8)
+    x = torch.randn(12, 1, 16, 16, 16) * torch.linspace(0.5, 2.0, 12).reshape(12, 1, 1, 1, 1)
+    feats = gate.features(x)
+    gate.fit_scaler(feats)
+    z = (feats - gate.feature_mean) / gate.feature_std
+    varying = feats.std(0) > 1e-3
+    torch.testing.assert_close(z.mean(0), torch.zeros(feats.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, varying].std(0), torch.ones(int(varying.sum())), atol=1e-4, rtol=0)
 
 
 def _harmony(net: nn.Module) -> list[HarmonyNorm]:

@@ -95,9 +95,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases-per-site", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2, help="1 avoids thrashing when the CPU is shared")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     train = [(site, prepare(case, PREPROCESSING)) for site, case in generate(args.cases_per_site, rng)]
@@ -111,6 +112,8 @@ def main() -> int:
     seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     gate_loss = torch.nn.CrossEntropyLoss()
     by_site = [[c for c in train if c[0] == i] for i in range(len(SITES))]
+    scaler_patches = [crop(*by_site[i % len(SITES)][rng.integers(args.cases_per_site)][1], rng)[0] for i in range(90)]
+    net.gate.fit_scaler(net.gate.features(torch.stack(scaler_patches)))
     t1 = time.time()
     net.train()
     for step in range(1, args.steps + 1):
@@ -159,7 +162,8 @@ def main() -> int:
 
     sample = make_case(load_template(1.0), SITES[1], np.random.default_rng(args.seed + 2000))
     SAMPLE_DATA.mkdir(parents=True, exist_ok=True)
-    write_volume(sample.images["FLAIR"], SAMPLE_DATA / "sample_flair.nii.gz")
+    # stored as int16, as scanners store MRI: a float file of pure noise bits would be several times larger
+    write_volume(sitk.Cast(sitk.Round(sample.images["FLAIR"]), sitk.sitkInt16), SAMPLE_DATA / "sample_flair.nii.gz")
     write_volume(sample.label, SAMPLE_DATA / "sample_label.nii.gz")
     print(f"wrote {target} and the sample case ({SITES[1].name}, 1 mm) in {SAMPLE_DATA}")
     return 0

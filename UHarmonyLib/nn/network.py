@@ -38,7 +38,6 @@ class NetworkConfig:
     full_res_degree: int = 1
     harmony_layers: int = -1
     gated_heads: bool = True
-    gate_channels: int = 16
     gate_hidden: int = 64
     spatial_dims: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
@@ -141,7 +140,7 @@ class UHarmonyNet(nn.Module):
         if cfg.gated_heads:
             parent, name, conv = _output_conv_owner(self.backbone)
             setattr(parent, name, GatedHead.from_conv(conv, cfg.num_sites))
-        self.gate = DomainGate(cfg.in_channels, cfg.num_sites, cfg.gate_channels, cfg.gate_hidden, cfg.spatial_dims)
+        self.gate = DomainGate(cfg.in_channels, cfg.num_sites, cfg.gate_hidden)
         self._conditioned = [m for m in self.backbone.modules() if isinstance(m, SiteConditioned)]
 
     def segment(self, x: torch.Tensor, site_weights: torch.Tensor) -> torch.Tensor:
