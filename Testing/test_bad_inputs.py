@@ -94,7 +94,7 @@ def _out_folder_missing(ind: Path, out: Path) -> Case:
 
 def _out_parent_is_file(ind: Path, out: Path) -> Case:
     (out / "notes.txt").write_text("a regular file, not a folder\n")
-    return Case([_blob(ind / "case.nrrd")], out / "notes.txt" / "seg.nii.gz", "does not exist")
+    return Case([_blob(ind / "case.nrrd")], out / "notes.txt" / "seg.nii.gz", "is a file, not a folder")
 
 
 def _unsupported_extension(ind: Path, out: Path) -> Case:

@@ -22,6 +22,8 @@ def _umask_mode(mode: int) -> int:
 def check_writable(path: Path) -> None:
     """Fail before any work if `path` cannot be created (missing or read-only folder)."""
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{path}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise InputError(f"{path}: output folder {parent} does not exist")
     if path.is_dir():

@@ -214,6 +214,12 @@ def _validate_card(card: dict[str, Any], path: Path) -> None:
     need(cfg.num_sites == len(card["sites"]), "architecture num_sites differs from the site list")
     patch = card["inference"].get("patch_size")
     need(isinstance(patch, list) and len(patch) == cfg.spatial_dims, "inference patch_size must list one size per axis")
+    step = 32 if cfg.backbone == "swinunetr" else 2 ** (len(cfg.filters) - 1)
+    smallest = 64 if cfg.backbone == "swinunetr" else step
+    need(
+        all(isinstance(p, int) and p % step == 0 and p >= smallest for p in patch),
+        f"patch_size {patch} must be multiples of {step}, at least {smallest}, for this {cfg.backbone}",
+    )
     spacing = card["preprocessing"].get("spacing")
     need(isinstance(spacing, list) and len(spacing) == 3 and all(s > 0 for s in spacing), "spacing must be 3 positives")
 

@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default: out/)")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_progress(demo)
+
+    synth = verbs.add_parser("synth", help="write a synthetic multi-site lesion dataset (Decathlon layout)")
+    synth.add_argument("--scenario", metavar="NAME|SPEC.json", help="built-in scenario, 'list', or a JSON spec file")
+    synth.add_argument("--out", type=Path, metavar="DIR", help="dataset folder: new or empty (or see --overwrite)")
+    synth.add_argument("--cases-per-site", type=int, default=4, metavar="N", help="default 4 (a site's 'cases' wins)")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    synth.add_argument("--spacing", type=float, default=2.0, metavar="MM", help="generation grid in mm (default 2)")
+    synth.add_argument("--list-scenarios", action="store_true", help="print the built-in scenarios")
+    synth.add_argument("--overwrite", action="store_true", help="replace a dataset an earlier synth wrote in DIR")
+    _add_progress(synth)
     return parser
 
 
@@ -71,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from UHarmonyLib.commands.demo import run_demo
 
             run_demo(args, reporter)
+        elif args.verb == "synth":
+            from UHarmonyLib.commands.synth import run_synth
+
+            run_synth(args, reporter)
         return 0
     except UHarmonyError as e:
         _fail(reporter, str(e))

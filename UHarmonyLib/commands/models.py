@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.bundle import find_bundles, read_card, verify_files
+from UHarmonyLib.bundle import find_bundles, load_bundle
 from UHarmonyLib.errors import BundleError
 from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
 
@@ -50,8 +50,7 @@ def format_card(card: dict[str, Any], path: Path) -> str:
 
 def run_models(args: argparse.Namespace) -> None:
     if args.models_verb == "info":
-        card = read_card(args.path)
-        verify_files(args.path, card)
+        card = load_bundle(args.path).card
         print(json.dumps(card, indent=2) if args.json else format_card(card, args.path))
         return
     folders = args.folders or [BUNDLED_MODELS, user_models_dir()]
@@ -59,8 +58,7 @@ def run_models(args: argparse.Namespace) -> None:
     for folder in folders:
         for path in find_bundles(folder):
             try:
-                card = read_card(path)
-                verify_files(path, card)
+                card = load_bundle(path).card
                 rows.append(
                     {
                         "path": str(path),

@@ -43,6 +43,8 @@ def describe_gate(decision: GateDecision) -> str:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse unwritable or clashing output paths before any work is done."""
+    if args.gate_map is not None and args.site != "auto":
+        raise InputError("--gate-map needs the gate, which does not run when --site names the site")
     outputs = [p for p in (args.out, args.gate_map, args.probabilities) if p is not None]
     for p in outputs:
         check_output_path(p)

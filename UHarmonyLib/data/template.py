@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,13 @@ class Template:
     @property
     def spacing(self) -> tuple[float, float, float]:
         return self.geometry.GetSpacing()
+
+    @cached_property
+    def depth_mm(self) -> np.ndarray:
+        """Distance (mm) from each brain voxel to the brain's outer surface: deep vs superficial lesion sites."""
+        from scipy import ndimage  # comes with nilearn, which the template needs anyway
+
+        return ndimage.distance_transform_edt(self.mask, sampling=self.spacing[::-1]).astype(np.float32)
 
 
 def _resample(image: sitk.Image, spacing: float) -> sitk.Image:
