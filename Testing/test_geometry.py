@@ -319,3 +319,15 @@ def test_dicom_series_input(tiny_bundle: Path, tmp_path: Path) -> None:
     labels = sitk.ReadImage(str(out_dir / "seg.nrrd"))
     assert_same_grid(labels, read)
     assert [p.name for p in out_dir.iterdir()] == ["seg.nrrd"]
+
+
+def test_downsampling_blurs_like_a_coarser_acquisition() -> None:
+    """A 1 mm scan going to a 2 mm model is low-passed first, so 1 mm noise is not passed through unchanged."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.standard_normal((40, 40, 40)).astype(np.float32))
+    preprocessing = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": {"method": "zscore"}}
+    coarse = ModelSpace.for_image(image, preprocessing).to_model(image)
+    assert coarse.shape == (20, 20, 20)
+    assert coarse.std() < 0.6  # white noise of std 1 averaged over about a 2 mm kernel
+    same = {**preprocessing, "spacing": [1.0, 1.0, 1.0]}
+    assert ModelSpace.for_image(image, same).to_model(image).std() > 0.95  # no resampling: untouched

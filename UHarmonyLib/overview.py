@@ -16,7 +16,7 @@ from UHarmonyLib.errors import InputError
 def write_overview(
     image: sitk.Image, labels: sitk.Image, label_info: Sequence[dict[str, Any]], path: Path, title: str = ""
 ) -> None:
-    """Axial, coronal and sagittal slices through the largest label mass, in RAS display orientation."""
+    """Axial, coronal and sagittal slices, each where the result has the most voxels, in RAS display orientation."""
     try:
         import matplotlib
 
@@ -26,7 +26,11 @@ def write_overview(
         raise InputError("the PNG overview needs matplotlib (pip install 'uharmony[data]')") from e
     img = sitk.GetArrayFromImage(sitk.DICOMOrient(image, "RAS")).transpose(2, 1, 0)
     lab = sitk.GetArrayFromImage(sitk.DICOMOrient(labels, "RAS")).transpose(2, 1, 0)
-    centre = np.argwhere(lab > 0).mean(0).astype(int) if (lab > 0).any() else np.array(lab.shape) // 2
+    fg = lab > 0
+    centre = [
+        int(fg.sum(axis=tuple(a for a in range(3) if a != i)).argmax()) if fg.any() else n // 2
+        for i, n in enumerate(lab.shape)
+    ]
     lo, hi = np.percentile(img[img > 0] if (img > 0).any() else img, [1, 99.5])
     views = [
         ("axial", img[:, :, centre[2]], lab[:, :, centre[2]]),
