@@ -12,7 +12,7 @@ from pathlib import Path
 from UHarmonyLib.errors import InputError
 
 
-def _umask_mode(mode: int) -> int:
+def umask_mode(mode: int) -> int:
     """`mode` as filtered by the process umask (mkstemp/mkdtemp create owner-only files)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -43,7 +43,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _umask_mode(0o666))
+        os.chmod(tmp_path, umask_mode(0o666))
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -65,9 +65,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, _umask_mode(0o777))
+        os.chmod(tmp, umask_mode(0o777))
         for f in tmp.iterdir():
-            os.chmod(f, _umask_mode(0o666))
+            os.chmod(f, umask_mode(0o666))
         os.rename(tmp, path)
     finally:
         if tmp.exists():

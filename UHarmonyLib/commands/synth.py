@@ -18,18 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from UHarmonyLib.atomic import umask_mode
 from UHarmonyLib.data.datasets import DATASET_JSON, IMAGES, LABELS, dataset_channels, write_dataset
 from UHarmonyLib.data.spec import GENERATOR, SynthSpec, resolve_scenario, scenario_table
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 SPACING_RANGE = (1.0, 8.0)  # mm: the template is 1 mm; coarser than 8 mm leaves too few voxels for lesions
-
-
-def _umask_mode(mode: int) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
 
 
 def previous_files(out: Path) -> list[Path]:
@@ -82,7 +77,7 @@ def check_out(out: Path, overwrite: bool) -> list[Path]:
 def commit(staging: Path, out: Path, old: list[Path]) -> None:
     """Move the finished dataset into `out`: rename a new folder, or swap the files of an earlier dataset."""
     if not out.exists():
-        os.chmod(staging, _umask_mode(0o777))
+        os.chmod(staging, umask_mode(0o777))
         os.rename(staging, out)
         return
     for path in old:
