@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.metrics import compute_dice
 
+from UHarmonyLib.bundle import read_card
 from UHarmonyLib.commands.segment import run_segment
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.metrics import dice_scores
 from UHarmonyLib.overview import write_overview
 from UHarmonyLib.progress import JsonReporter, Reporter
 from UHarmonyLib.resources import SAMPLE_DATA, default_model
@@ -19,18 +18,6 @@ from UHarmonyLib.volumes import read_volume
 
 SAMPLE_IMAGE = SAMPLE_DATA / "sample_flair.nii.gz"
 SAMPLE_LABEL = SAMPLE_DATA / "sample_label.nii.gz"
-
-
-def dice_per_label(pred: sitk.Image, truth: sitk.Image, labels: list[dict]) -> dict[str, float]:
-    """Dice of each label and of the whole lesion (all labels together), with MONAI's metric."""
-    p = torch.from_numpy(sitk.GetArrayFromImage(pred).astype(np.int64))
-    t = torch.from_numpy(sitk.GetArrayFromImage(truth).astype(np.int64))
-    masks = {lab["name"]: (p == lab["value"], t == lab["value"]) for lab in labels}
-    masks["whole lesion"] = (p > 0, t > 0)
-    return {
-        name: round(float(compute_dice(a[None, None].float(), b[None, None].float(), ignore_empty=False)), 4)
-        for name, (a, b) in masks.items()
-    }
 
 
 def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
@@ -50,12 +37,10 @@ def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
         gate_map=args.out / "sample_gate_map.seg.nrrd",
         probabilities=None,
     )
-    payload = run_segment(seg_args, reporter)
-    from UHarmonyLib.bundle import read_card
-
+    payload = run_segment(seg_args, reporter, emit_result=False)
     labels = read_card(seg_args.model)["labels"]
     pred = sitk.ReadImage(str(seg_args.out))
-    dice = dice_per_label(pred, sitk.ReadImage(str(SAMPLE_LABEL)), labels)
+    dice = dice_scores(pred, sitk.ReadImage(str(SAMPLE_LABEL)), labels)
     overview = args.out / "sample_overview.png"
     write_overview(read_volume(SAMPLE_IMAGE), pred, labels, overview, title=f"{payload['model']}: sample case")
     seconds = round(time.perf_counter() - start, 2)

@@ -91,7 +91,8 @@ def result_payload(bundle: Bundle, result: SegmentationResult, written: dict[str
     }
 
 
-def run_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
+def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool = True) -> dict:
+    """Segment and write the outputs; `emit_result=False` lets a caller (the demo) send one combined result."""
     start = time.perf_counter()
     check_outputs(args)
     device = resolve_device(args.device)
@@ -110,7 +111,8 @@ def run_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
     )
     written = write_outputs(args, bundle, result)
     payload = result_payload(bundle, result, written, time.perf_counter() - start)
-    reporter.result(payload)
+    if emit_result:
+        reporter.result(payload)
     if not isinstance(reporter, JsonReporter):
         print(describe_gate(result.gate))
         vols = ", ".join(f"{k} {v:.2f} ml" for k, v in payload["volumes_ml"].items())
