@@ -10,17 +10,18 @@ import SimpleITK as sitk
 from conftest import assert_same_grid, run_subprocess
 
 from UHarmonyLib.bundle import load_bundle
-from UHarmonyLib.commands.demo import SAMPLE_IMAGE, SAMPLE_LABEL
+from UHarmonyLib.commands.demo import sample_channels
 from UHarmonyLib.metrics import WHOLE
 from UHarmonyLib.resources import default_model
 
 
 def test_bundled_model_loads_and_matches_the_sample() -> None:
-    """The shipped bundle passes every checksum and takes the sample's single channel."""
+    """The shipped bundle passes every checksum, and the sample has every channel it needs plus a lesion."""
     bundle = load_bundle(default_model())
-    assert len(bundle.channel_names) == 1
-    assert sitk.ReadImage(str(SAMPLE_IMAGE)).GetDimension() == 3
-    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_LABEL))))) >= {0, 1}
+    images, truth = sample_channels(bundle.channel_names)
+    assert len(images) == len(bundle.channel_names)
+    assert all(sitk.ReadImage(str(p)).GetDimension() == 3 for p in images)
+    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(truth))))) >= {0, 1}
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -36,7 +37,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert gate["chosen"] == max(gate["sites"], key=gate["sites"].get)
     assert final["dice"][WHOLE] > 0.2  # a trained model finds the lesion; an untrained one scores ~0
     seg = sitk.ReadImage(str(tmp_path / "sample_segmentation.seg.nrrd"))
-    assert_same_grid(seg, sitk.ReadImage(str(SAMPLE_IMAGE)))
+    images, _ = sample_channels(load_bundle(default_model()).channel_names)
+    assert_same_grid(seg, sitk.ReadImage(str(images[0])))
     assert seg.GetMetaData("Segment0_Name") == load_bundle(default_model()).labels[0]["name"]
     assert (tmp_path / "sample_overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "sample_gate.json").read_text())["chosen"] == gate["chosen"]

@@ -1,4 +1,4 @@
-"""Train the small starter model shipped in Resources/Models and the sample case beside it.
+"""Train the small starter model shipped in Resources/Models.
 
 This is a stand-in until the project's full training command exists: three synthetic
 sites that differ in appearance, a U-Harmony DynUNet trained for a few minutes on the
@@ -28,8 +28,7 @@ from UHarmonyLib.data.template import MNI_NOTICE, load_template
 from UHarmonyLib.inference import segment_volumes
 from UHarmonyLib.nn import NetworkConfig, UHarmonyNet, one_hot_weights
 from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
-from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME, SAMPLE_DATA
-from UHarmonyLib.volumes import write_volume
+from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 
 SITES = [
     SiteSpec("clinic-a", noise=0.02),
@@ -90,25 +89,13 @@ def evaluate(bundle: Bundle, cases: list[tuple[int, Case]]) -> dict:
     }
 
 
-def write_sample(seed: int) -> None:
-    """A fresh clinic-b case at the model's spacing (as that site acquires it), stored as int16 like scanners do."""
-    sample = make_case(load_template(PREPROCESSING["spacing"][0]), SITES[1], np.random.default_rng(seed + 2000))
-    SAMPLE_DATA.mkdir(parents=True, exist_ok=True)
-    write_volume(sitk.Cast(sitk.Round(sample.images["FLAIR"]), sitk.sitkInt16), SAMPLE_DATA / "sample_flair.nii.gz")
-    write_volume(sample.label, SAMPLE_DATA / "sample_label.nii.gz")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases-per-site", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2, help="1 avoids thrashing when the CPU is shared")
-    parser.add_argument("--sample-only", action="store_true", help="only (re)write the sample case")
     args = parser.parse_args()
-    if args.sample_only:
-        write_sample(args.seed)
-        return 0
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -172,8 +159,7 @@ def main() -> int:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
-    write_sample(args.seed)
-    print(f"wrote {target} and the sample case ({SITES[1].name}) in {SAMPLE_DATA}")
+    print(f"wrote {target}")
     return 0
 
 

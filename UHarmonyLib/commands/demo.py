@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import SimpleITK as sitk
 
 from UHarmonyLib.bundle import read_card
 from UHarmonyLib.commands.segment import run_segment
+from UHarmonyLib.data.datasets import DATASET_JSON, read_dataset
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.metrics import dice_scores
 from UHarmonyLib.overview import write_overview
@@ -16,19 +18,26 @@ from UHarmonyLib.progress import JsonReporter, Reporter
 from UHarmonyLib.resources import SAMPLE_DATA, default_model
 from UHarmonyLib.volumes import read_volume
 
-SAMPLE_IMAGE = SAMPLE_DATA / "sample_flair.nii.gz"
-SAMPLE_LABEL = SAMPLE_DATA / "sample_label.nii.gz"
+SAMPLE = SAMPLE_DATA / DATASET_JSON
+
+
+def sample_channels(channel_names: list[str]) -> tuple[list[Path], Path]:
+    """The sample's file for each model channel, in the card's order, and its ground truth."""
+    case = read_dataset(SAMPLE)[0]
+    missing = [c for c in channel_names if c not in case.channels]
+    if missing:
+        raise InputError(f"{SAMPLE}: the sample case has no {', '.join(missing)} channel, which the model needs")
+    return [case.images[case.channels.index(c)] for c in channel_names], case.label
 
 
 def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
     start = time.perf_counter()
-    for path in (SAMPLE_IMAGE, SAMPLE_LABEL):
-        if not path.is_file():
-            raise InputError(f"{path}: bundled sample case is missing from Resources/SampleData")
+    model = default_model()
+    images, truth = sample_channels([c["name"] for c in read_card(model)["channels"]])
     args.out.mkdir(parents=True, exist_ok=True)
     seg_args = argparse.Namespace(
-        model=default_model(),
-        channels=[SAMPLE_IMAGE],
+        model=model,
+        channels=images,
         out=args.out / "sample_segmentation.seg.nrrd",
         site="auto",
         device=args.device,
@@ -40,9 +49,9 @@ def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
     payload = run_segment(seg_args, reporter, emit_result=False)
     labels = read_card(seg_args.model)["labels"]
     pred = sitk.ReadImage(str(seg_args.out))
-    dice = dice_scores(pred, sitk.ReadImage(str(SAMPLE_LABEL)), labels)
+    dice = dice_scores(pred, sitk.ReadImage(str(truth)), labels)
     overview = args.out / "sample_overview.png"
-    write_overview(read_volume(SAMPLE_IMAGE), pred, labels, overview, title=f"{payload['model']}: sample case")
+    write_overview(read_volume(images[0]), pred, labels, overview, title=f"{payload['model']}: sample case")
     seconds = round(time.perf_counter() - start, 2)
     summary = {"dice": dice, "overview": str(overview), "demo_seconds": seconds}
     if isinstance(reporter, JsonReporter):
