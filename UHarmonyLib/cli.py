@@ -62,6 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--list-scenarios", action="store_true", help="print the built-in scenarios")
     synth.add_argument("--overwrite", action="store_true", help="replace a dataset an earlier synth wrote in DIR")
     _add_progress(synth)
+
+    tr = verbs.add_parser("train", help="train a model bundle on MSD-layout datasets (e.g. from `uharmony synth`)")
+    tr.add_argument("--data", required=True, action="append", type=Path, metavar="DATASET_JSON", help="or its folder")
+    tr.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="new bundle folder, e.g. my-model-v1")
+    tr.add_argument("--backbone", default="dynunet", choices=["dynunet", "swinunetr"])
+    tr.add_argument("--norm", default="uharmony", choices=["uharmony", "instance", "dsbn"])
+    length = tr.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
+    length.add_argument("--epochs", type=int, metavar="N", help="epochs of one patch per training case")
+    tr.add_argument("--patch", type=int, nargs="+", default=[64], metavar="D", help="patch size: D or D H W (64)")
+    tr.add_argument("--batch", type=int, default=2, metavar="N", help="patches per step (default 2)")
+    tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (2e-3)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    tr.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="model grid in mm (default: cases' median)")
+    tr.add_argument("--filters", type=int, nargs="+", metavar="F", help="DynUNet widths (16 32 64 128 256)")
+    tr.add_argument("--feature-size", type=int, default=12, help="SwinUNETR feature size (12)")
+    tr.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: 5 times)")
+    tr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of each site with >= 3 cases")
+    tr.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (50)")
+    tr.add_argument("--log-every", type=int, default=10, metavar="N", help="log the loss every N steps (10)")
+    tr.add_argument("--channel-dropout", type=float, default=0.1, help="chance of zeroing a present channel (0.1)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_progress(tr)
     return parser
 
 
@@ -85,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from UHarmonyLib.commands.synth import run_synth
 
             run_synth(args, reporter)
+        elif args.verb == "train":
+            from UHarmonyLib.commands.train import run_train
+
+            run_train(args, reporter)
         return 0
     except UHarmonyError as e:
         _fail(reporter, str(e))

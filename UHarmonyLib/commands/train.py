@@ -34,7 +34,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         backbone=args.backbone,
         norm=args.norm,
         feature_size=args.feature_size,
-        steps=args.steps if args.steps is not None or args.epochs is not None else 1000,
+        steps=args.steps,
         epochs=args.epochs,
         patch=tuple(args.patch),
         batch_size=args.batch,
@@ -54,6 +54,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
+    """Train, then (for people) print one summary line; JSON mode has the result event instead."""
     from UHarmonyLib.training import train_run
 
     payload = train_run(config_from_args(args), reporter)

@@ -1,0 +1,426 @@
+"""The training run: data -> network -> steps with checkpoints and validation -> bundle.
+
+Loss per batch: Dice + cross-entropy on the segmentation (marginalized per case over its
+label groups) + `gate_weight` x cross-entropy of the domain gate against the true site.
+The harmony layers and gated heads get one-hot weights of the true site (the instance
+baseline has neither, so it ignores them). The best validated weights (mean whole-lesion
+Dice over sites) become the bundle; without held-out cases the last weights do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from UHarmonyLib.bundle import DEFAULT_INFERENCE, make_card, save_bundle, unique_state
+from UHarmonyLib.data.template import MNI_NOTICE
+from UHarmonyLib.device import autocast, resolve_device, resolve_precision
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.nn import NetworkConfig, UHarmonyNet
+from UHarmonyLib.progress import Reporter, SilentReporter
+from UHarmonyLib.training.cases import LoadedCase, load_case, model_spacing, prepare_case
+from UHarmonyLib.training.checkpoint import Checkpoint, checkpoints, load_checkpoint, remove_stale, save_checkpoint
+from UHarmonyLib.training.config import TrainConfig
+from UHarmonyLib.training.losses import MarginalDiceCELoss
+from UHarmonyLib.training.plan import Plan, plan_training
+from UHarmonyLib.training.sampling import Batch, PatchSampler
+from UHarmonyLib.training.validation import evaluate
+
+INTENSITY = {"method": "zscore", "nonzero": True}
+OPTIONAL_FLAGS = (
+    ("--lr", "lr"),
+    ("--precision", "precision"),
+    ("--val-every", "val_every"),
+    ("--val-fraction", "val_fraction"),
+    ("--channel-dropout", "channel_dropout"),
+)
+
+
+def _check_paths(config: TrainConfig) -> None:
+    """Refuse an unusable output or an unfinished run that would be silently thrown away."""
+    out = config.out
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose a new bundle folder (bundles are never overwritten)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: parent folder {parent} is not writable")
+    if checkpoints(config.work_dir) and not config.resume:
+        raise InputError(
+            f"{config.work_dir}: holds an unfinished run; add --resume to continue it, or delete the folder to restart"
+        )
+
+
+def _load(plan: Plan, config: TrainConfig) -> tuple[dict[int, LoadedCase], dict[str, Any]]:
+    """Read every case once; choose the model spacing (given, or the cases' median)."""
+    loaded = {i: load_case(case, len(plan.channels)) for i, case in enumerate(plan.cases)}
+    if config.spacing is not None:
+        spacing = [float(s) for s in config.spacing]
+    else:
+        spacings = np.array([model_spacing(c.images, "RAS") for c in loaded.values()])
+        spacing = [round(float(s), 4) for s in np.median(spacings, axis=0)]
+    return loaded, {"orientation": "RAS", "spacing": spacing, "intensity": dict(INTENSITY)}
+
+
+def _network(config: TrainConfig, plan: Plan) -> UHarmonyNet:
+    torch.manual_seed(config.seed)
+    return UHarmonyNet(
+        NetworkConfig(
+            in_channels=len(plan.channels),
+            out_channels=len(plan.labels) + 1,
+            num_sites=len(plan.sites),
+            backbone=config.backbone,
+            norm=config.norm,
+            filters=config.filters,
+            feature_size=config.feature_size,
+            gated_heads=config.norm != "instance",  # the instance baseline is plain joint training
+        )
+    )
+
+
+def _card(
+    net: UHarmonyNet,
+    config: TrainConfig,
+    plan: Plan,
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    name, version = config.bundle_name
+    sites = ", ".join(s.name for s in plan.sites)
+    description = (
+        f"{config.norm} {config.backbone} trained by uharmony train on {len(plan.cases)} cases from "
+        f"{len(plan.sites)} site(s) ({sites}); datasets: {', '.join(d['name'] for d in plan.datasets)}."
+    )
+    if any(d["mni_template"] for d in plan.datasets):
+        description += " Trained on images derived from the " + MNI_NOTICE
+    return make_card(
+        net,
+        name=name,
+        version=version,
+        title=f"{name} ({config.norm}, {len(plan.sites)} sites, {', '.join(plan.channels)})",
+        description=description,
+        channels=[{"name": c, "modality": m} for c, m in zip(plan.channels, plan.modalities)],
+        labels=plan.labels,
+        sites=plan.card_sites(),
+        preprocessing=preprocessing,
+        inference={**DEFAULT_INFERENCE, "patch_size": list(config.patch), "batch_size": config.batch_size},
+        provenance=provenance,
+        metrics=metrics,
+    )
+
+
+def _segmentation_loss(loss_fn: MarginalDiceCELoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Marginal Dice+CE, one term per distinct label grouping in the batch, weighted by its samples."""
+    chunks: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for i, groups in enumerate(batch.groups):
+        chunks.setdefault(tuple(tuple(g) for g in groups), []).append(i)
+    total = logits.new_zeros((), dtype=torch.float32)
+    for groups, idx in chunks.items():
+        sel = torch.as_tensor(idx, device=logits.device)
+        total = total + loss_fn(logits[sel], batch.target[sel], groups) * len(idx)
+    return total / len(batch.groups)
+
+
+def _command(config: TrainConfig, total: int) -> str:
+    """A command line that reproduces the run (resolved values, not the typed ones)."""
+    parts = ["uharmony train", *[f"--data {p}" for p in config.data], f"--out {config.out}"]
+    parts += [f"--backbone {config.backbone}", f"--norm {config.norm}"]
+    parts += [f"--epochs {config.epochs}" if config.steps is None and config.epochs else f"--steps {total}"]
+    parts += [f"--patch {' '.join(map(str, config.patch))}", f"--batch {config.batch_size}", f"--seed {config.seed}"]
+    if config.backbone == "dynunet":
+        parts.append(f"--filters {' '.join(map(str, config.filters))}")
+    else:
+        parts.append(f"--feature-size {config.feature_size}")
+    if config.spacing is not None:
+        parts.append(f"--spacing {' '.join(f'{s:g}' for s in config.spacing)}")
+    defaults = TrainConfig(data=[], out=Path("."))
+    for flag, key in OPTIONAL_FLAGS:
+        if getattr(config, key) != getattr(defaults, key):
+            parts.append(f"{flag} {getattr(config, key)}")
+    return " ".join(parts)
+
+
+def _load_state(net: UHarmonyNet, state: dict[str, torch.Tensor], where: Path) -> None:
+    expected = unique_state(net)
+    if set(expected) != set(state) or any(state[k].shape != expected[k].shape for k in expected):
+        raise InputError(f"{where}: checkpoint weights do not fit this network")
+    net.load_state_dict(state, strict=False)
+
+
+class Trainer:
+    """One training process (fresh or resumed): the network, its optimizer and the run's progress."""
+
+    def __init__(self, config: TrainConfig, reporter: Reporter) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.plan = plan_training(config.data, config.val_fraction, config.seed)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_precision(config.precision, self.device)
+        self.precision = str(self.dtype).replace("torch.", "")
+        train_ids, val_ids = self.plan.train_cases(), self.plan.val_cases()
+        self.total = config.total_steps(len(train_ids))
+        self.val_every = config.val_every or math.ceil(self.total / 5)
+        t = time.perf_counter()
+        loaded, self.preprocessing = _load(self.plan, config)  # silent: a bad file is still a one-line error
+        reporter.log(
+            f"{len(self.plan.sites)} site(s) ({', '.join(s.name for s in self.plan.sites)}), "
+            f"channels {', '.join(self.plan.channels)}, labels {', '.join(self.plan.label_names)}; "
+            f"{len(train_ids)} training and {len(val_ids)} validation cases, read in {time.perf_counter() - t:.1f} s"
+        )
+        prepared = [prepare_case(loaded[i], self.preprocessing, config.patch) for i in train_ids]
+        self.val_cases = [(self.plan.cases[i], loaded[i]) for i in val_ids]
+        self.sampler = PatchSampler(
+            prepared,
+            groups=[self.plan.cases[i].groups for i in train_ids],
+            sites=[self.plan.cases[i].site for i in train_ids],
+            num_sites=len(self.plan.sites),
+            patch=config.patch,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            channel_dropout=config.channel_dropout,
+        )
+        self.net = _network(config, self.plan).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=self.total)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.loss_fn = MarginalDiceCELoss()
+        self.step = 0
+        self.saved_step = 0
+        self.best: dict[str, Any] | None = None  # score, step, metrics
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.loss_curve: list[list[float]] = []
+        self.pending: list[list[float]] = []  # (segmentation, gate, lr) of steps since the last loss log
+        self.seconds = 0.0  # training compute, summed over resumes
+        self.step_seconds: list[float] = []  # this process only
+        self.stop_requested = False  # set by Ctrl-C: checkpoint after the current step, then stop
+        self.resumed_from: list[int] = []
+
+    # ------------------------------------------------------------ start
+
+    def start(self) -> None:
+        """Continue from the newest checkpoint when resuming, else fit the gate's scaler once."""
+        work = self.config.work_dir
+        ckpt = load_checkpoint(work) if self.config.resume else None
+        if work.is_dir():
+            remove_stale(work)
+        if ckpt is not None:
+            self.restore(ckpt)
+            self.reporter.log(f"resumed from step {ckpt.step} of {self.total} ({ckpt.path})")
+            return
+        if self.config.resume:
+            self.reporter.log(f"no checkpoint in {work}; starting from step 0")
+        patches = self.sampler.scaler_patches(self.config.scaler_patches)
+        with torch.no_grad():
+            feats = torch.cat([self.net.gate.features(p.to(self.device)) for p in patches])
+        self.net.gate.fit_scaler(feats)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        stored = ckpt.meta.get("config", {})
+        current = json.loads(json.dumps(self.config.training_fields()))
+        diff = next((k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)), None)
+        if diff is not None:
+            raise InputError(
+                f"{ckpt.path}: made with different settings ({diff}: {stored.get(diff)!r}, now {current.get(diff)!r}); "
+                "rerun the original command with --resume, or delete the folder to restart"
+            )
+        if [d["sha256"] for d in ckpt.meta.get("datasets", [])] != [d["sha256"] for d in self.plan.datasets]:
+            raise InputError(f"{ckpt.path}: a dataset.json changed since the run started; delete the folder to restart")
+        if ckpt.meta.get("total_steps") != self.total:
+            raise InputError(f"{ckpt.path}: the run had {ckpt.meta.get('total_steps')} steps, now {self.total}")
+        _load_state(self.net, {k: v.to(self.device) for k, v in ckpt.model.items()}, ckpt.path)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.meta["scheduler"])
+        if ckpt.meta.get("grad_scaler"):
+            self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
+        if ckpt.rng is not None:
+            torch.set_rng_state(ckpt.rng)
+        self.step = self.saved_step = ckpt.step
+        self.best = ckpt.meta.get("best")
+        self.best_state = ckpt.best_model
+        self.loss_curve = ckpt.meta.get("loss_curve", [])
+        self.pending = ckpt.meta.get("pending_losses", [])
+        self.seconds = float(ckpt.meta.get("seconds", 0.0))
+        self.resumed_from = [*ckpt.meta.get("resumed_from", []), ckpt.step]
+
+    # ------------------------------------------------------------ steps
+
+    def train_step(self, step: int) -> tuple[float, float, float]:
+        """One optimizer step; returns (segmentation loss, gate loss, learning rate used)."""
+        batch = self.sampler.batch(step)
+        x = batch.image.to(self.device)
+        batch.target = batch.target.to(self.device)
+        sites = batch.sites.to(self.device)
+        weights = F.one_hot(sites, len(self.plan.sites)).float()
+        with autocast(self.device, self.dtype):
+            logits, gate_logits = self.net(x, weights)
+        seg = _segmentation_loss(self.loss_fn, logits.float(), batch)
+        gate = F.cross_entropy(gate_logits.float(), sites)
+        loss = seg + self.config.gate_weight * gate
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(seg.detach()), float(gate.detach()), lr
+
+    def card(self, provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _card(self.net, self.config, self.plan, self.preprocessing, provenance, metrics)
+
+    def validate(self, step: int) -> None:
+        metrics = evaluate(self.net, self.card(), self.plan, self.val_cases, self.device, self.precision, self.reporter)
+        score = metrics["mean_dice_whole_lesion"]
+        value = -1.0 if score is None else float(score)
+        self.reporter.log(
+            f"validation at step {step}: mean whole-lesion Dice {score}, gate accuracy {metrics['gate_accuracy']}"
+        )
+        if self.best is None or value > self.best["score"]:
+            self.best = {"score": value, "step": step, "metrics": metrics}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in unique_state(self.net).items()}
+
+    def checkpoint(self, step: int) -> None:
+        meta = {
+            "total_steps": self.total,
+            "config": json.loads(json.dumps(self.config.training_fields())),
+            "datasets": self.plan.datasets,
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "best": self.best,
+            "loss_curve": self.loss_curve,
+            "pending_losses": self.pending,
+            "seconds": self.seconds,
+            "resumed_from": self.resumed_from,
+        }
+        save_checkpoint(self.config.work_dir, step, self.net, self.optimizer, meta, self.best_state)
+        self.saved_step = step
+
+    def _on_interrupt(self, _signum: int, _frame: Any) -> None:
+        """First Ctrl-C: stop after the current step with a checkpoint; a second one stops at once."""
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def run(self) -> None:
+        """Steps from the current one to the end, logging, validating and checkpointing on schedule."""
+        cfg = self.config
+        self.net.train()
+        self.stop_requested = False
+        main = threading.current_thread() is threading.main_thread()
+        catch = main and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)  # not in ignoring jobs
+        previous = signal.signal(signal.SIGINT, self._on_interrupt) if catch else None
+        try:
+            for step in range(self.step + 1, self.total + 1):
+                t = time.perf_counter()
+                self.pending.append(list(self.train_step(step)))
+                elapsed = time.perf_counter() - t
+                self.seconds += elapsed
+                self.step_seconds.append(elapsed)
+                self.step = step
+                self.reporter.progress("train", step, self.total)
+                if step % cfg.log_every == 0 or step == self.total:
+                    self.log_losses(step)
+                if self.val_cases and (step % self.val_every == 0 or step == self.total):
+                    self.validate(step)
+                if step < self.total and (step % cfg.checkpoint_every == 0 or self.stop_requested):
+                    self.checkpoint(step)
+                if self.stop_requested and step < self.total:
+                    self.reporter.log(f"interrupted: saved step {step}; continue with --resume", "warning")
+                    raise KeyboardInterrupt
+        finally:
+            if catch:
+                signal.signal(signal.SIGINT, previous)
+
+    def log_losses(self, step: int) -> None:
+        """Mean losses of the steps since the last log: reported and kept in the card's loss curve."""
+        seg, gate, _ = (float(np.mean(v)) for v in zip(*self.pending))
+        loss = seg + self.config.gate_weight * gate
+        self.loss_curve.append([step, round(loss, 5)])
+        pace = float(np.mean(self.step_seconds[-len(self.pending) :]))
+        self.reporter.log(
+            f"step {step}/{self.total} loss {loss:.4f} (segmentation {seg:.4f}, gate {gate:.4f}) "
+            f"lr {self.pending[-1][2]:.2e}, {pace:.2f} s/step"
+        )
+        self.pending = []
+
+    # ------------------------------------------------------------ finish
+
+    def finish(self, started: float) -> dict[str, Any]:
+        """Save the bundle (best validated weights), remove the work folder; returns the result payload."""
+        cfg = self.config
+        if self.best_state is not None:
+            _load_state(self.net, {k: v.to(self.device) for k, v in self.best_state.items()}, cfg.work_dir)
+        if self.best:
+            metrics = {
+                "selected_step": self.best["step"],
+                "selection": "mean whole-lesion Dice over sites on held-out cases",
+                **self.best["metrics"],
+            }
+        else:
+            metrics = {"validation_cases": 0, "note": "no held-out cases (a site needs 3 or more): last weights"}
+        seconds = time.perf_counter() - started
+        per_step = float(np.mean(self.step_seconds)) if self.step_seconds else 0.0
+        provenance = {
+            "command": cfg.command or _command(cfg, self.total),
+            "seed": cfg.seed,
+            "steps": self.total,
+            "batch_size": cfg.batch_size,
+            "patch_size": list(cfg.patch),
+            "learning_rate": cfg.lr,
+            "train_seconds": round(self.seconds, 1),
+            "seconds": round(seconds, 1),
+            "seconds_per_step": round(per_step, 4),
+            "device": str(self.device),
+            "precision": self.precision,
+            "resumed_from": self.resumed_from,
+            "data": self.plan.datasets,
+            "loss_curve": self.loss_curve,
+        }
+        self.net.eval()
+        path = save_bundle(self.net, self.card(provenance, metrics), cfg.out)
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
+        return {
+            "bundle": str(path),
+            "steps": self.total,
+            "resumed_from": self.resumed_from,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(per_step, 4),
+            "metrics": metrics,
+            "sites": [s.name for s in self.plan.sites],
+            "channels": self.plan.channels,
+            "labels": self.plan.label_names,
+        }
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None) -> Path:
+    """Train a bundle as `config` says (resuming if asked); returns the bundle folder."""
+    return Path(train_run(config, reporter)["bundle"])
+
+
+def train_run(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """`train`, returning the result payload (bundle, steps, seconds per step, metrics, ...)."""
+    reporter = reporter or SilentReporter()
+    started = time.perf_counter()
+    config.check()
+    _check_paths(config)
+    trainer = Trainer(config, reporter)
+    trainer.start()
+    reporter.log(
+        f"{trainer.total} steps of batch {config.batch_size}, patch {'x'.join(map(str, config.patch))}, spacing "
+        f"{'x'.join(f'{s:g}' for s in trainer.preprocessing['spacing'])} mm; {trainer.device} {trainer.precision}"
+    )
+    trainer.run()
+    payload = trainer.finish(started)
+    reporter.result(payload)
+    return payload

@@ -1,0 +1,257 @@
+"""What a run trains on: the union of several MSD datasets as one site/channel/label space.
+
+Model channels are the union of the datasets' channel names (first dataset's order,
+then new names); the label space is the union of their `labels` by name. Each case
+gets its label groups: for each value in its label file, the union classes it covers
+(a coarse label covers the classes `merges` lists), with every union class the case
+does not annotate joining its background group. A dataset without sites is one site
+named after the dataset. Everything wrong is refused with one line before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
+from UHarmonyLib.errors import InputError
+
+PALETTE = ["#d62728", "#ffbf00", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+KNOWN_COLORS = {"lesion core": "#d62728", "edema": "#ffbf00", "whole lesion": "#1f77b4"}
+
+
+@dataclass
+class PlannedCase:
+    """One case, with what the loss needs: its site, present channels and label groups."""
+
+    entry: CaseEntry
+    site: int
+    channels: list[int]  # model-channel index of each of entry.images (a 4-D file: all of them)
+    label_names: list[str]  # the case's label names by value 1..n (after value remapping)
+    value_map: dict[int, int]  # label-file value -> group index
+    groups: list[list[int]]  # group index -> union class indices; group 0 = background + unannotated
+    four_d: bool = False
+
+
+@dataclass
+class Site:
+    name: str
+    dataset: str
+    cases: list[int] = field(default_factory=list)
+    train: list[int] = field(default_factory=list)
+    val: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """Sites, channels, union labels and cases of a run, with the held-out split."""
+
+    channels: list[str]
+    modalities: list[str]
+    labels: list[dict[str, Any]]  # card labels: value (union class index), name, color
+    sites: list[Site]
+    cases: list[PlannedCase]
+    datasets: list[dict[str, Any]]  # path, name, sha256
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab["name"] for lab in self.labels]
+
+    def train_cases(self) -> list[int]:
+        return [i for s in self.sites for i in s.train]
+
+    def val_cases(self) -> list[int]:
+        return [i for s in self.sites for i in s.val]
+
+    def card_sites(self) -> list[dict[str, Any]]:
+        """The card's site records: what each site contributed and how it annotates."""
+        out = []
+        for s in self.sites:
+            cases = [self.cases[i] for i in s.cases]
+            present = sorted({c for case in cases for c in case.channels})
+            annotated = list(dict.fromkeys(n for case in cases for n in case.label_names))
+            out.append(
+                {
+                    "name": s.name,
+                    "dataset": s.dataset,
+                    "cases": len(cases),
+                    "train_cases": len(s.train),
+                    "validation_cases": len(s.val),
+                    "labels": annotated,
+                    "channels": [self.channels[c] for c in present],
+                }
+            )
+        return out
+
+
+def _label_colors(data: dict[str, Any]) -> dict[str, str]:
+    """Optional `label_colors` ({name or value: "#rrggbb"}) from a dataset.json."""
+    table = data.get("label_colors")
+    if not isinstance(table, dict):
+        return {}
+    values = _value_table(data.get("labels"))
+    out = {}
+    for k, v in table.items():
+        name = values.get(int(k)) if str(k).isdigit() else str(k)
+        if name and isinstance(v, str) and len(v) == 7 and v.startswith("#"):
+            out[name] = v.lower()
+    return out
+
+
+def _value_table(table: Any) -> dict[int, str]:
+    """{value: name} of a Decathlon `{"0": name}` or nnU-Net `{name: 0}` map."""
+    if not isinstance(table, dict):
+        return {}
+    out = {}
+    for k, v in table.items():
+        try:
+            value, name = (int(k), str(v)) if str(k).isdigit() else (int(v), str(k))
+        except (TypeError, ValueError):
+            continue
+        out[value] = name
+    return out
+
+
+def _names(table: Any) -> list[str]:
+    """Names of a value -> name map, by value."""
+    return [n for _, n in sorted(_value_table(table).items())]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _groups(
+    names: dict[int, str], union: list[str], merges: dict[str, list[str]], where: str
+) -> tuple[dict[int, int], list[list[int]], list[str]]:
+    """(label value -> group, groups, label names by group) for one case's value -> name table."""
+    covered: list[list[int]] = []
+    value_map = {0: 0}
+    group_names = []
+    for value in sorted(v for v in names if v != 0):
+        name = names[value]
+        if name in union:
+            members = [union.index(name) + 1]
+        elif name in merges:
+            unknown = [m for m in merges[name] if m not in union]
+            if unknown:
+                raise InputError(f"{where}: merged label '{name}' names {unknown[0]!r}, not in the union labels")
+            members = sorted(union.index(m) + 1 for m in merges[name])
+        else:
+            raise InputError(f"{where}: label '{name}' is neither in the dataset labels nor in its merges")
+        if any(set(members) & set(c) for c in covered):
+            raise InputError(f"{where}: label '{name}' overlaps another label of the same case")
+        covered.append(members)
+        value_map[value] = len(covered)
+        group_names.append(name)
+    taken = {k for c in covered for k in c}
+    background = [0] + [k for k in range(1, len(union) + 1) if k not in taken]
+    return value_map, [background, *covered], group_names
+
+
+def _dataset_name(file: Path, data: dict[str, Any]) -> str:
+    name = data.get("name")
+    return str(name) if isinstance(name, str) and name.strip() else file.parent.name
+
+
+def plan_training(paths: list[Path], val_fraction: float, seed: int) -> Plan:
+    """Read every dataset, build the union spaces and label groups, and hold out validation cases."""
+    channels: list[str] = []
+    modalities: dict[str, str] = {}
+    union: list[str] = []
+    merges: dict[str, list[str]] = {}
+    colors: dict[str, str] = {}
+    loaded = []
+    datasets = []
+    for path in paths:
+        file, data = read_dataset_json(path)
+        entries = read_dataset(path)
+        names = _names(data.get("channel_names") or data.get("modality"))
+        if not names:
+            raise InputError(f"{file}: no channel_names (or modality) map; cannot tell the channels")
+        modality = _value_table(data.get("modality"))
+        for i, c in enumerate(names):
+            if c not in channels:
+                channels.append(c)
+                m = modality.get(i, c)
+                modalities[c] = m if m != c else "MR"
+        for n in _names(data.get("labels")):
+            if n != "background" and n not in union:
+                union.append(n)
+        for k, v in (data.get("merges") or {}).items():
+            merges.setdefault(str(k), [str(m) for m in v])
+        colors.update({k: v for k, v in _label_colors(data).items() if k not in colors})
+        loaded.append((file, data, entries, names))
+        datasets.append(
+            {
+                "path": str(file.resolve()),
+                "name": _dataset_name(file, data),
+                "sha256": _sha256(file),
+                "mni_template": "MNI ICBM152" in str(data.get("description", "")),
+            }
+        )
+    if not union:
+        raise InputError(f"{paths[0]}: the dataset defines no labels besides background")
+
+    sites: dict[str, Site] = {}
+    cases: list[PlannedCase] = []
+    for file, data, entries, names in loaded:
+        default_site = _dataset_name(file, data)
+        label_sets = data.get("label_sets") if isinstance(data.get("label_sets"), dict) else {}
+        dataset_labels = _value_table(data.get("labels"))
+        for i, entry in enumerate(entries):
+            where = f"{file}: training[{i}] ({entry.case})"
+            unknown = [c for c in entry.channels if c not in names]
+            if unknown:
+                raise InputError(f"{where}: channel '{unknown[0]}' is not in the dataset's channel_names")
+            four_d = len(entry.images) == 1 and len(entry.channels) > 1
+            if not entry.channels or (len(entry.channels) != len(entry.images) and not four_d):
+                raise InputError(f"{where}: {len(entry.images)} image file(s) but channels {entry.channels}")
+            site_name = entry.site or default_site
+            own = data["training"][i].get("labels")
+            if isinstance(own, list):  # the case's own label names, values 1..n
+                value_names = {k + 1: str(n) for k, n in enumerate(own)}
+            elif site_name in label_sets:
+                value_names = {k: v for k, v in _value_table(label_sets[site_name]).items() if k != 0}
+            else:  # plain MSD: the dataset's labels with their own values
+                value_names = {k: v for k, v in dataset_labels.items() if k != 0}
+            value_map, groups, group_names = _groups(value_names, union, merges, where)
+            site = sites.setdefault(site_name, Site(site_name, str(file.resolve())))
+            site.cases.append(len(cases))
+            cases.append(
+                PlannedCase(
+                    entry=entry,
+                    site=list(sites).index(site_name),
+                    channels=[channels.index(c) for c in entry.channels],
+                    label_names=group_names,
+                    value_map=value_map,
+                    groups=groups,
+                    four_d=four_d,
+                )
+            )
+    if not cases:
+        raise InputError(f"{paths[0]}: no training cases")
+    site_list = list(sites.values())
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+    for s in site_list:
+        n = len(s.cases)
+        held = 0 if n < 3 or val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
+        order = rng.permutation(n)
+        s.val = sorted(s.cases[k] for k in order[:held])
+        s.train = sorted(s.cases[k] for k in order[held:])
+    labels = [
+        {"value": k + 1, "name": n, "color": colors.get(n) or KNOWN_COLORS.get(n) or PALETTE[k % len(PALETTE)]}
+        for k, n in enumerate(union)
+    ]
+    return Plan(
+        channels=channels,
+        modalities=[modalities[c] for c in channels],
+        labels=labels,
+        sites=site_list,
+        cases=cases,
+        datasets=datasets,
+    )
