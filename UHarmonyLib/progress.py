@@ -19,6 +19,7 @@ class Reporter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self._last = 0.0
+        self._bar_open = False  # a bar line without its newline yet
 
     def progress(self, stage: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -30,10 +31,12 @@ class Reporter:
         end = "\n" if done >= total else ""
         self.stream.write(f"\r{stage:>10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
         self.stream.flush()
+        self._bar_open = not end
 
     def log(self, message: str, level: str = "info") -> None:
         prefix = "" if level == "info" else f"{level}: "
-        self.stream.write(f"{prefix}{message}\n")
+        self.stream.write(("\n" if self._bar_open else "") + f"{prefix}{message}\n")
+        self._bar_open = False
         self.stream.flush()
 
     def result(self, payload: dict[str, Any]) -> None:
