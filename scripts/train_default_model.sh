@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/uharmony-default}
-steps=${2:-1200}
+steps=${2:-800}
 mkdir -p "$work"
 .venv/bin/uharmony synth --scenario mixed --out "$work/mixed" --cases-per-site 10 --spacing 2 --seed 7 --overwrite
 .venv/bin/uharmony train --data "$work/mixed" --out Resources/Models/uharmony-default-v1 \
