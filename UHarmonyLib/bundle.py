@@ -53,7 +53,8 @@ def unique_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -152,7 +153,7 @@ def save_bundle(net: UHarmonyNet, card: dict[str, Any], path: Path) -> Path:
         state = {k: v.detach().contiguous().cpu() for k, v in unique_state(net).items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "uharmony": str(FORMAT_VERSION)})
         weights = tmp / WEIGHTS_NAME
-        card["files"] = {WEIGHTS_NAME: {"sha256": _sha256(weights), "bytes": weights.stat().st_size}}
+        card["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
         card["card_sha256"] = _card_digest(card)
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
@@ -237,7 +238,7 @@ def verify_files(path: Path, card: dict[str, Any]) -> None:
             raise BundleError(f"{f}: truncated ({size} of {meta['bytes']} bytes)")
         if size != meta["bytes"]:
             raise BundleError(f"{f}: size {size} differs from the model card's {meta['bytes']} bytes (tampered)")
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             raise BundleError(f"{f}: checksum differs from the model card (tampered or corrupted)")
 
 

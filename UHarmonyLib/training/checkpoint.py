@@ -11,7 +11,6 @@ temporary folder, synced, and renamed into place in one step, so a folder with a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from UHarmonyLib.bundle import unique_state
+from UHarmonyLib.bundle import sha256_file, unique_state
 from UHarmonyLib.errors import InputError
 
 FORMAT = 1
@@ -44,14 +43,6 @@ class Checkpoint:
     optimizer: dict[str, Any]
     rng: torch.Tensor | None
     best_model: dict[str, torch.Tensor] | None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -124,7 +115,7 @@ def save_checkpoint(
         tensors.update(opt_tensors)
         tensors["rng/torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / STATE))
-        files = {STATE: _sha256(tmp / STATE)}
+        files = {STATE: sha256_file(tmp / STATE)}
         if best_model is not None:
             best_step = (meta.get("best") or {}).get("step")
             prev = previous[-1] if previous else None
@@ -133,7 +124,7 @@ def save_checkpoint(
                 os.link(prev / BEST, tmp / BEST)  # unchanged since the last checkpoint: share the file
             else:
                 save_file({k: v.contiguous().cpu() for k, v in best_model.items()}, str(tmp / BEST))
-            files[BEST] = _sha256(tmp / BEST)
+            files[BEST] = sha256_file(tmp / BEST)
         body = {**meta, "format": FORMAT, "step": step, "optimizer": opt_meta, "files": files}
         (tmp / META).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
@@ -161,7 +152,7 @@ def load_checkpoint(work: Path) -> Checkpoint | None:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
         for name, digest in meta["files"].items():
-            if _sha256(path / name) != digest:
+            if sha256_file(path / name) != digest:
                 raise ValueError(f"{name} checksum differs")
         tensors = load_file(str(path / STATE))
         best = load_file(str(path / BEST)) if BEST in meta["files"] else None

@@ -10,13 +10,13 @@ named after the dataset. Everything wrong is refused with one line before traini
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from UHarmonyLib.bundle import sha256_file
 from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
 from UHarmonyLib.errors import InputError
 
@@ -121,10 +121,6 @@ def _names(table: Any) -> list[str]:
     return [n for _, n in sorted(_value_table(table).items())]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _groups(
     names: dict[int, str], union: list[str], merges: dict[str, list[str]], where: str
 ) -> tuple[dict[int, int], list[list[int]], list[str]]:
@@ -190,7 +186,7 @@ def plan_training(paths: list[Path], val_fraction: float, seed: int) -> Plan:
             {
                 "path": str(file.resolve()),
                 "name": _dataset_name(file, data),
-                "sha256": _sha256(file),
+                "sha256": sha256_file(file),
                 "mni_template": "MNI ICBM152" in str(data.get("description", "")),
             }
         )
