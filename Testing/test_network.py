@@ -212,3 +212,13 @@ def test_network_config_checks_and_round_trip() -> None:
         NetworkConfig(**{**TINY_ARCH, "norm": "batch"})
     with pytest.raises(ValueError, match="unknown architecture keys: depth"):
         NetworkConfig.from_dict({**cfg.to_dict(), "depth": 4})
+
+
+def test_config_without_full_res_degree_keeps_one_degree_everywhere() -> None:
+    """A card from before `full_res_degree` existed rebuilds the network it was saved from (degree everywhere)."""
+    old = {
+        k: v
+        for k, v in NetworkConfig(in_channels=1, out_channels=3, num_sites=2).to_dict().items()
+        if k != "full_res_degree"
+    }
+    assert NetworkConfig.from_dict(old).full_res_degree == old["degree"]

@@ -67,6 +67,8 @@ class NetworkConfig:
         if unknown:
             raise ValueError(f"unknown architecture keys: {', '.join(unknown)}")
         d = dict(d)
+        # cards written before full_res_degree existed used `degree` at every resolution
+        d.setdefault("full_res_degree", d.get("degree", 3))
         if "filters" in d:
             d["filters"] = tuple(d["filters"])
         return cls(**d)
