@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from UHarmonyLib import __version__
 from UHarmonyLib.atomic import atomic_dir
 from UHarmonyLib.errors import BundleError
+from UHarmonyLib.gate_bank import BANK_NAME, GateBank, load_bank
 from UHarmonyLib.nn.network import NetworkConfig, UHarmonyNet
 
 FORMAT_VERSION = 1
@@ -74,6 +75,7 @@ class Bundle:
     path: Path
     card: dict[str, Any]
     net: UHarmonyNet
+    bank: GateBank | None = None  # per-site gate vectors (bundles written before banks have none)
 
     @property
     def config(self) -> NetworkConfig:
@@ -143,17 +145,24 @@ def make_card(
     return card
 
 
-def save_bundle(net: UHarmonyNet, card: dict[str, Any], path: Path) -> Path:
+def save_bundle(net: UHarmonyNet, card: dict[str, Any], path: Path, bank: GateBank | None = None) -> Path:
     """Write the bundle folder atomically; an existing folder is never overwritten."""
     path = Path(path)
     card = json.loads(json.dumps(card))
     card["architecture"] = net.config.to_dict()
+    if bank is not None:
+        card["inference"]["familiar_distance"] = round(bank.threshold, 4)
     _validate_card(card, path)
     with atomic_dir(path) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in unique_state(net).items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "uharmony": str(FORMAT_VERSION)})
-        weights = tmp / WEIGHTS_NAME
-        card["files"] = {WEIGHTS_NAME: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
+        if bank is not None:
+            bank.save(tmp / BANK_NAME)
+        card["files"] = {
+            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+            for f in (tmp / WEIGHTS_NAME, tmp / BANK_NAME)
+            if f.is_file()
+        }
         card["card_sha256"] = _card_digest(card)
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
@@ -269,7 +278,13 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
             )
     net.load_state_dict(state, strict=False)
     net.to(device).eval()
-    return Bundle(path=path, card=card, net=net)
+    bank = None
+    if BANK_NAME in card["files"]:
+        threshold = float(card["inference"].get("familiar_distance", float("inf")))
+        bank = load_bank(path / BANK_NAME, net.gate.classifier[0].in_features, threshold)
+        if bank.num_sites > len(card["sites"]):
+            raise BundleError(f"{path / BANK_NAME}: gate bank names more sites than the model card")
+    return Bundle(path=path, card=card, net=net, bank=bank)
 
 
 def find_bundles(folder: Path) -> list[Path]:

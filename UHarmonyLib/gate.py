@@ -3,8 +3,10 @@
 The gate is evaluated on every sliding window first; windows are weighted by how much
 non-background they hold (air says little about the scanner), and the weighted mean
 probability drives every window of the segmentation pass, so all patches of a case are
-segmented with the same site weights. The normalized entropy of that vector measures
-how unlike every known site the case looks.
+segmented with the same site weights. A case is unfamiliar when that vector is
+undecided (high normalized entropy) or, where the bundle has a gate bank, when its
+signature lies far from every known site's (the softmax alone is over-confident on
+scanners it never saw).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class GateDecision:
     familiar_threshold: float
     given: bool = False
     window_probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    distances: np.ndarray | None = None  # per site, to the gate bank; None without a bank
+    distance_threshold: float = float("inf")
 
     @property
     def chosen(self) -> str:
@@ -43,8 +47,35 @@ class GateDecision:
         return normalized_entropy(self.probabilities)
 
     @property
+    def distance(self) -> float | None:
+        """Distance to the nearest known site's gate vectors."""
+        return None if self.distances is None else float(np.min(self.distances))
+
+    @property
+    def nearest(self) -> str | None:
+        return None if self.distances is None else self.sites[int(np.argmin(self.distances))]
+
+    @property
     def familiar(self) -> bool:
-        return self.entropy <= self.familiar_threshold
+        far = self.distance is not None and self.distance > self.distance_threshold
+        return self.given or (self.entropy <= self.familiar_threshold and not far)
+
+    @property
+    def concern(self) -> str:
+        """Why the case is unfamiliar, in plain words; empty when it is familiar."""
+        if self.familiar:
+            return ""
+        reasons = []
+        if self.distance is not None and self.distance > self.distance_threshold:
+            reasons.append(
+                f"its scanner signature is far from every known site (distance {self.distance:.2f} to "
+                f"{self.nearest}, familiar up to {self.distance_threshold:.2f})"
+            )
+        if self.entropy > self.familiar_threshold:
+            reasons.append(
+                f"the gate cannot decide between sites (entropy {self.entropy:.2f} > {self.familiar_threshold:.2f})"
+            )
+        return " and ".join(reasons)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +83,9 @@ class GateDecision:
             "chosen": self.chosen,
             "entropy": round(self.entropy, 6),
             "familiar": self.familiar,
+            "distance": None if self.distance is None else round(self.distance, 4),
+            "nearest_site": self.nearest,
+            "familiar_distance": None if self.distances is None else round(self.distance_threshold, 4),
             "site_given": self.given,
             "windows": int(self.window_probabilities.shape[0]),
         }

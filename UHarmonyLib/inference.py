@@ -17,6 +17,7 @@ from UHarmonyLib.bundle import Bundle
 from UHarmonyLib.device import autocast, resolve_precision
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.gate import GateDecision, aggregate, given_site
+from UHarmonyLib.gate_bank import case_vector
 from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
 from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.volumes import read_channels
@@ -58,6 +59,17 @@ def check_site(bundle: Bundle, site: str) -> None:
         raise InputError(f"unknown site '{site}'; the model knows: {', '.join(bundle.site_names)}")
 
 
+@dataclass
+class GatePass:
+    """What the gate saw in every window of one volume."""
+
+    probabilities: np.ndarray  # (N, S)
+    vectors: np.ndarray  # (N, F) scanner signatures
+    weights: np.ndarray  # (N,) foreground fraction
+    slices: list[tuple[slice, ...]]
+    padded: tuple[int, ...]
+
+
 class _Engine:
     """Runs the two passes on one device and precision."""
 
@@ -71,20 +83,39 @@ class _Engine:
         self.roi = tuple(int(r) for r in bundle.inference["patch_size"])
         self.overlap = float(bundle.inference["overlap"])
 
-    def gate_pass(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[tuple[slice, ...]], tuple[int, ...]]:
-        """Per-window site probabilities and foreground weights over the whole volume."""
+    def gate_pass(self, x: torch.Tensor) -> GatePass:
+        """Per-window site probabilities, signatures and foreground weights over the whole volume."""
         padded = pad_to_roi(x, self.roi)
         slices = window_slices(padded.shape[2:], self.roi, self.overlap)
-        probs, weights = [], []
+        probs, vectors, weights = [], [], []
         for start in range(0, len(slices), self.batch):
             chunk = slices[start : start + self.batch]
             patches = torch.cat([padded[(slice(None), slice(None), *s)] for s in chunk]).to(self.device)
+            features = self.net.gate.features(patches)
             with autocast(self.device, self.dtype):
-                logits = self.net.gate(patches)
+                logits = self.net.gate.classify(features)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            vectors.append(features.float().cpu())
             weights.append((patches != 0).flatten(1).float().mean(1).cpu())
             self.reporter.progress("gate", start + len(chunk), len(slices))
-        return torch.cat(probs).numpy(), torch.cat(weights).numpy(), slices, tuple(padded.shape[2:])
+        return GatePass(
+            torch.cat(probs).numpy(), torch.cat(vectors).numpy(), torch.cat(weights).numpy(), slices, padded.shape[2:]
+        )
+
+    def decide(self, passed: GatePass, threshold: float) -> GateDecision:
+        """The case-level decision: aggregated probabilities, and distances to the bank where there is one."""
+        bank = self.bundle.bank
+        distances = None
+        if bank is not None:
+            distances = bank.distances(self.net.gate, case_vector(passed.vectors, passed.weights))
+        return GateDecision(
+            self.bundle.site_names,
+            aggregate(passed.probabilities, passed.weights),
+            threshold,
+            window_probabilities=passed.probabilities,
+            distances=distances,
+            distance_threshold=bank.threshold if bank is not None else float("inf"),
+        )
 
     def segment_pass(self, x: torch.Tensor, site_weights: torch.Tensor, total: int) -> torch.Tensor:
         """Stitched class scores (1, K, x, y, z) in float32 on the CPU."""
@@ -137,11 +168,11 @@ def _run(
     gate_map = None
     with torch.inference_mode():
         if site == "auto":
-            probs, weights, slices, padded = engine.gate_pass(x)
-            decision = GateDecision(bundle.site_names, aggregate(probs, weights), threshold, window_probabilities=probs)
+            passed = engine.gate_pass(x)
+            decision = engine.decide(passed, threshold)
             if want_gate_map:
-                gate_map = _gate_map(decision, weights, slices, padded, tuple(x.shape[2:]))
-            total = len(slices)
+                gate_map = _gate_map(decision, passed.weights, passed.slices, passed.padded, tuple(x.shape[2:]))
+            total = len(passed.slices)
         else:
             decision = given_site(bundle.site_names, site, threshold)
             total = len(window_slices(pad_to_roi(x[:, :1], engine.roi).shape[2:], engine.roi, engine.overlap))

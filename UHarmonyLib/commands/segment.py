@@ -35,8 +35,8 @@ def describe_gate(decision: GateDecision) -> str:
         lines.append(f"Chosen site: {decision.chosen} (normalized entropy {decision.entropy:.2f})")
         if not decision.familiar:
             lines.append(
-                "WARNING: this case looks unlike every site the model was trained on "
-                f"(entropy {decision.entropy:.2f} > {decision.familiar_threshold:.2f}); check the result carefully."
+                f"WARNING: this case looks unlike every site the model was trained on: {decision.concern}; "
+                "check the result carefully."
             )
     return "\n".join(lines)
 

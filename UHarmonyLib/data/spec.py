@@ -70,6 +70,7 @@ _T1_HI = {"csf": 0.10, "gm": 0.50, "wm": 0.90, "core": 0.25, "edema": 0.65}
 _T2_LO = {"csf": 0.90, "gm": 0.60, "wm": 0.45, "core": 0.70, "edema": 0.80}
 _FLAIR_DARK = {"csf": 0.05, "gm": 0.50, "wm": 0.40, "core": 0.70, "edema": 1.00}
 _FLAIR_FLAT = {"csf": 0.25, "gm": 0.60, "wm": 0.52, "core": 0.72, "edema": 0.90}
+_T1_BLACK_HOLES = {"csf": 0.15, "gm": 0.55, "wm": 0.85, "core": 0.12, "edema": 0.40}  # a T1-only site sees lesions dark
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "none": {
@@ -168,14 +169,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             },
             {
                 "name": "hospital-d",
-                "channels": ["T1"],
                 "gamma": 1.3,
                 "noise": 0.015,
                 "scale": 1500.0,
                 "offset": 50.0,
+                "channels": {"T1": _T1_BLACK_HOLES},
                 "orientation": "PIR",
                 "fov_crop": [1.0, 1.0, [0.2, 1.0]],
-                "lesions": {"irregularity": 0.6, "region": "superficial"},
+                "lesions": {"irregularity": 0.6},
             },
         ],
     },

@@ -27,6 +27,7 @@ from UHarmonyLib.bundle import DEFAULT_INFERENCE, make_card, save_bundle, unique
 from UHarmonyLib.data.template import MNI_NOTICE
 from UHarmonyLib.device import autocast, resolve_device, resolve_precision
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.gate_bank import GateBank, build_bank
 from UHarmonyLib.nn import NetworkConfig, UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.training.cases import LoadedCase, load_case, model_spacing, prepare_case
@@ -122,7 +123,7 @@ def _card(
     )
 
 
-def _segmentation_loss(loss_fn: MarginalDiceCELoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+def segmentation_loss(loss_fn: MarginalDiceCELoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Marginal Dice+CE, one term per distinct label grouping in the batch, weighted by its samples."""
     chunks: dict[tuple[tuple[int, ...], ...], list[int]] = {}
     for i, groups in enumerate(batch.groups):
@@ -266,7 +267,7 @@ class Trainer:
         weights = F.one_hot(sites, len(self.plan.sites)).float()
         with autocast(self.device, self.dtype):
             logits, gate_logits = self.net(x, weights)
-        seg = _segmentation_loss(self.loss_fn, logits.float(), batch)
+        seg = segmentation_loss(self.loss_fn, logits.float(), batch)
         gate = F.cross_entropy(gate_logits.float(), sites)
         loss = seg + self.config.gate_weight * gate
         self.optimizer.zero_grad(set_to_none=True)
@@ -356,6 +357,17 @@ class Trainer:
 
     # ------------------------------------------------------------ finish
 
+    def gate_bank(self) -> GateBank:
+        """Signatures of every training case's inference windows, by site (the gate's memory)."""
+        cases = self.sampler.cases
+        return build_bank(
+            self.net.gate,
+            [c.image for c in cases],
+            self.sampler.case_sites,
+            self.config.patch,
+            float(DEFAULT_INFERENCE["overlap"]),
+        )
+
     def finish(self, started: float) -> dict[str, Any]:
         """Save the bundle (best validated weights), remove the work folder; returns the result payload."""
         cfg = self.config
@@ -388,7 +400,9 @@ class Trainer:
             "loss_curve": self.loss_curve,
         }
         self.net.eval()
-        path = save_bundle(self.net, self.card(provenance, metrics), cfg.out)
+        bank = self.gate_bank()
+        metrics["familiar_distance"] = round(bank.calibrate(self.net.gate), 4)
+        path = save_bundle(self.net, self.card(provenance, metrics), cfg.out, bank)
         shutil.rmtree(cfg.work_dir, ignore_errors=True)
         return {
             "bundle": str(path),

@@ -10,6 +10,7 @@ named after the dataset. Everything wrong is refused with one line before traini
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,13 +155,23 @@ def _dataset_name(file: Path, data: dict[str, Any]) -> str:
     return str(name) if isinstance(name, str) and name.strip() else file.parent.name
 
 
-def plan_training(paths: list[Path], val_fraction: float, seed: int) -> Plan:
-    """Read every dataset, build the union spaces and label groups, and hold out validation cases."""
-    channels: list[str] = []
-    modalities: dict[str, str] = {}
-    union: list[str] = []
+def plan_training(
+    paths: list[Path],
+    val_fraction: float,
+    seed: int,
+    base_channels: Sequence[dict[str, str]] = (),
+    base_labels: Sequence[dict[str, Any]] = (),
+) -> Plan:
+    """Read every dataset, build the union spaces and label groups, and hold out validation cases.
+
+    `base_channels` / `base_labels` (a model card's) come first in the union spaces, so an
+    existing model's channel and class indices hold for the planned cases.
+    """
+    channels: list[str] = [c["name"] for c in base_channels]
+    modalities: dict[str, str] = {c["name"]: c["modality"] for c in base_channels}
+    union: list[str] = [lab["name"] for lab in base_labels]
     merges: dict[str, list[str]] = {}
-    colors: dict[str, str] = {}
+    colors: dict[str, str] = {lab["name"]: lab["color"] for lab in base_labels}
     loaded = []
     datasets = []
     for path in paths:
