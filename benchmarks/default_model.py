@@ -79,6 +79,7 @@ def evaluate_site(bundle: Bundle, site: SiteSpec, count: int, spacing: float, se
                 "dice": dice_scores(result.labels, case.label, labels),
                 "chosen": result.gate.chosen,
                 "entropy": round(result.gate.entropy, 4),
+                "distance": None if result.gate.distance is None else round(result.gate.distance, 4),
                 "familiar": result.gate.familiar,
             }
         )
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--spacing", type=float, default=None, help="generation spacing (default: the model's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "default_model.json")
+    parser.add_argument("--skip-demo", action="store_true", help="do not time the demo (demo_seconds: null)")
     args = parser.parse_args()
     start = time.perf_counter()
     bundle = load_bundle(args.model)
@@ -141,7 +143,10 @@ def main() -> int:
         "entropy_unseen_mean": mean([r["entropy"] for r in unseen_rows]),
         "unfamiliar_flagged_unseen": mean([float(not r["familiar"]) for r in unseen_rows]),
         "unfamiliar_flagged_seen": mean([float(not r["familiar"]) for r in seen_rows]),
-        "demo_seconds": demo_seconds(),
+        "distance_seen_mean": mean([r["distance"] for r in seen_rows if r["distance"] is not None]),
+        "distance_unseen_mean": mean([r["distance"] for r in unseen_rows if r["distance"] is not None]),
+        "familiar_distance": bundle.inference.get("familiar_distance"),
+        "demo_seconds": None if args.skip_demo else demo_seconds(),
         "cases_per_site": args.cases_per_site,
         "seed": args.seed,
         "spacing_mm": spacing,
