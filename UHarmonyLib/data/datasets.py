@@ -150,9 +150,25 @@ def read_dataset_json(path: Path) -> tuple[Path, dict[str, Any]]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{file}: not valid JSON ({e})") from e
+    if isinstance(data, dict) and "training" not in data and "file_ending" in data:
+        data["training"] = _nnunet_training(file, data)
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):
-        raise InputError(f'{file}: not a Decathlon dataset file (no "training" list)')
+        raise InputError(f'{file}: not a Decathlon dataset file (no "training" list) nor an nnU-Net raw dataset')
     return file, data
+
+
+def _nnunet_training(file: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """An nnU-Net raw dataset's cases as Decathlon entries: labelsTr/CASE.ext + imagesTr/CASE_XXXX.ext."""
+    ending = str(data["file_ending"])
+    keys = sorted(int(k) for k in (data.get("channel_names") or {}) if str(k).isdigit())
+    if not keys:
+        raise InputError(f"{file}: nnU-Net dataset without channel_names")
+    labels = sorted(p.name for p in (file.parent / "labelsTr").glob(f"*{ending}"))
+    cases = [name[: -len(ending)] for name in labels]
+    return [
+        {"image": [f"imagesTr/{case}_{k:04d}{ending}" for k in keys], "label": f"labelsTr/{case}{ending}"}
+        for case in cases
+    ]
 
 
 def _names(table: Any) -> list[str]:
