@@ -49,4 +49,3 @@ def test_nnunet_dataset_missing_a_channel_file_is_refused(tmp_path: Path) -> Non
     run = run_main("train", "--data", folder, "--out", tmp_path / "x-v1", "--steps", 1)
     line = assert_one_line_error(run)
     assert "only_001_0001.nii.gz" in line and "not found" in line
-

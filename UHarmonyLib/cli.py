@@ -87,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--channel-dropout", type=float, default=0.1, help="chance of zeroing a present channel (0.1)")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _add_progress(tr)
+
+    ev = verbs.add_parser("evaluate", help="score a model bundle on a labelled dataset: Dice, HD95, gate accuracy")
+    ev.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    ev.add_argument("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder")
+    ev.add_argument("--out", required=True, type=Path, metavar="REPORT.json", help="a REPORT.md is written beside it")
+    ev.add_argument("--site", default="auto", choices=["auto", "given"], help="auto: the gate; given: each case's site")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_progress(ev)
+
+    add = verbs.add_parser("add-site", help="add a site to a model from a few annotated cases (new bundle version)")
+    add.add_argument("--model", required=True, type=Path, help="parent bundle (never modified)")
+    add.add_argument("--data", required=True, type=Path, metavar="LOCAL_DATASET_JSON", help="the site's cases")
+    add.add_argument("--site", required=True, metavar="NAME", help="the new site's name")
+    add.add_argument("--out", required=True, type=Path, metavar="NEW_BUNDLE", help="new bundle folder, e.g. name-v2")
+    add.add_argument("--train-backbone", action="store_true", help="fine-tune the shared backbone too (old sites move)")
+    add.add_argument("--new-label", action="append", metavar="NAME", help="a label the old sites never annotated")
+    add.add_argument("--steps", type=int, default=150, metavar="N", help="fine-tuning steps (default 150)")
+    add.add_argument("--seed", type=int, default=0)
+    add.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_progress(add)
     return parser
 
 
@@ -114,6 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from UHarmonyLib.commands.train import run_train
 
             run_train(args, reporter)
+        elif args.verb == "add-site":
+            from UHarmonyLib.commands.add_site import run_add_site
+
+            run_add_site(args, reporter)
+        elif args.verb == "evaluate":
+            from UHarmonyLib.commands.evaluate import run_evaluate
+
+            run_evaluate(args, reporter)
         return 0
     except UHarmonyError as e:
         _fail(reporter, str(e))

@@ -76,7 +76,11 @@ class ModelSpace:
         """A channel on the reference grid as an (x, y, z) float32 array on the model grid."""
         if self.resampled:
             moved = sitk.Resample(
-                _anti_alias(image, self.grid.GetSpacing()), self.grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                _anti_alias(image, self.grid.GetSpacing()),
+                self.grid,
+                sitk.Transform(),
+                sitk.sitkLinear,
+                0.0,
                 sitk.sitkFloat32,
             )
         else:

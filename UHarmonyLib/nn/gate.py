@@ -29,13 +29,16 @@ def _channel_signature(v: torch.Tensor) -> torch.Tensor:
     lap = 6 * c - v[:-2, 1:-1, 1:-1] - v[2:, 1:-1, 1:-1] - v[1:-1, :-2, 1:-1]
     lap = lap - v[1:-1, 2:, 1:-1] - v[1:-1, 1:-1, :-2] - v[1:-1, 1:-1, 2:]
     grad = (v[2:, 1:-1, 1:-1] - c).abs() + (v[1:-1, 2:, 1:-1] - c).abs() + (v[1:-1, 1:-1, 2:] - c).abs()
-    return torch.cat(
-        [
-            torch.histc(c[fg], *INTENSITY_BINS),
-            torch.histc(torch.log(lap[fg].abs() + 1e-3), *DETAIL_BINS),
-            torch.histc(torch.log(grad[fg] + 1e-3), *DETAIL_BINS),
-        ]
-    ) / n
+    return (
+        torch.cat(
+            [
+                torch.histc(c[fg], *INTENSITY_BINS),
+                torch.histc(torch.log(lap[fg].abs() + 1e-3), *DETAIL_BINS),
+                torch.histc(torch.log(grad[fg] + 1e-3), *DETAIL_BINS),
+            ]
+        )
+        / n
+    )
 
 
 def scanner_signature(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from UHarmonyLib.training.plan import Plan, PlannedCase
 WHOLE = "whole lesion"
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined values (None left out), rounded for reports; None when none is defined."""
     kept = [v for v in values if v is not None]
     return round(float(np.mean(kept)), 4) if kept else None
 
@@ -57,6 +58,23 @@ def score_masks(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float
             p, t, spacing=[float(s) for s in spacing_zyx]
         )
     return _finite(dice), _finite(hd)
+
+
+def score_case(
+    pred: np.ndarray,
+    groups: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+    truth_groups: np.ndarray,
+    spacing_zyx: Sequence[float],
+) -> dict[str, tuple[float | None, float | None]]:
+    """(Dice, HD95) per label a case annotates, plus the whole lesion, scored in the case's own labels.
+
+    `groups[g]` lists the predicted label values that group g covers (group 0: background and
+    every value the case does not annotate); `truth_groups` holds the case's group index per voxel.
+    """
+    masks = {name: (np.isin(pred, groups[g]), truth_groups == g) for g, name in enumerate(label_names, start=1)}
+    masks.setdefault(WHOLE, (~np.isin(pred, groups[0]), truth_groups > 0))
+    return {name: score_masks(p, t, spacing_zyx) for name, (p, t) in masks.items()}
 
 
 def evaluate(
@@ -88,13 +106,8 @@ def evaluate(
             spacing = result.labels.GetSpacing()[::-1]
             entry = per_site.setdefault(site, {"cases": 0, "dice": {}, "hd95_mm": {}, "gate": []})
             entry["cases"] += 1
-            masks = {
-                name: (np.isin(pred, case.groups[g]), loaded.groups_zyx == g)
-                for g, name in enumerate(case.label_names, start=1)
-            }
-            masks.setdefault(WHOLE, (~np.isin(pred, case.groups[0]), loaded.groups_zyx > 0))
-            for name, (p, t) in masks.items():
-                d, h = score_masks(p, t, spacing)
+            scores = score_case(pred, case.groups, case.label_names, loaded.groups_zyx, spacing)
+            for name, (d, h) in scores.items():
                 entry["dice"].setdefault(name, []).append(d)
                 entry["hd95_mm"].setdefault(name, []).append(h)
             if not net.config.site_required:
@@ -105,9 +118,9 @@ def evaluate(
     sites = {
         site: {
             "cases": e["cases"],
-            "dice": {k: _mean(v) for k, v in e["dice"].items()},
-            "hd95_mm": {k: _mean(v) for k, v in e["hd95_mm"].items()},
-            "gate_accuracy": _mean(e["gate"]),
+            "dice": {k: mean_defined(v) for k, v in e["dice"].items()},
+            "hd95_mm": {k: mean_defined(v) for k, v in e["hd95_mm"].items()},
+            "gate_accuracy": mean_defined(e["gate"]),
         }
         for site, e in per_site.items()
     }
@@ -115,8 +128,8 @@ def evaluate(
     gates = [g for e in per_site.values() for g in e["gate"]]
     return {
         "validation_cases": len(cases),
-        "mean_dice_whole_lesion": _mean(whole),
-        "mean_hd95_whole_lesion_mm": _mean([s["hd95_mm"].get(WHOLE) for s in sites.values()]),
-        "gate_accuracy": _mean(gates),
+        "mean_dice_whole_lesion": mean_defined(whole),
+        "mean_hd95_whole_lesion_mm": mean_defined([s["hd95_mm"].get(WHOLE) for s in sites.values()]),
+        "gate_accuracy": mean_defined(gates),
         "sites": sites,
     }
