@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check UHarmonyLib Testing benchmarks scripts
+	$(BIN)/ruff format --check UHarmonyLib Testing benchmarks scripts
 	$(BIN)/python -m pytest -q Testing
 
 bench: $(STAMP)
