@@ -119,3 +119,38 @@ def test_bfloat16_agrees_with_float32(case: Path, bundle_factory: BundleFactory,
     auto, pauto = _segment(bundle, case, tmp_path / "auto.nrrd", "auto")
     assert pauto in ("float32", "bfloat16")
     np.testing.assert_array_equal(auto, f32 if pauto == "float32" else bf16)
+
+
+def test_absent_channel_is_given_as_zeros(case: Path, tmp_path: Path) -> None:
+    """'-' marks a channel the case lacks: the same result as the library with an all-zero volume."""
+    from conftest import tiny_net
+
+    from UHarmonyLib.bundle import load_bundle, make_card, save_bundle
+    from UHarmonyLib.inference import segment_volumes
+
+    net = tiny_net(in_channels=2)
+    card = make_card(
+        net,
+        name="two",
+        version=1,
+        channels=[{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}],
+        labels=LABELS,
+        sites=[{"name": "alpha"}, {"name": "beta"}, {"name": "gamma"}],
+        preprocessing={"spacing": [1.5, 1.5, 1.5]},
+        inference={"patch_size": [16] * 3, "overlap": 0.25},
+    )
+    bundle = save_bundle(net, card, tmp_path / "two-v1")
+    run = run_main("segment", "--model", bundle, case, "-", "--out", tmp_path / "seg.nii.gz")
+    assert run.code == 0, run
+    assert "channel FLAIR absent: given to the model as zeros" in run.stderr
+    image = sitk.Cast(sitk.ReadImage(str(case)), sitk.sitkFloat32)
+    zeros = sitk.Image(image.GetSize(), sitk.sitkFloat32)
+    zeros.CopyInformation(image)
+    expected = segment_volumes(load_bundle(bundle), [image, zeros]).labels
+    got = sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
+    assert np.array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected))
+    flipped = run_main("segment", "--model", bundle, "-", case, "--out", tmp_path / "seg2.nii.gz")
+    assert flipped.code == 0 and "channel T1 absent" in flipped.stderr
+    refused = run_main("segment", "--model", bundle, "-", "-", "--out", tmp_path / "none.nii.gz")
+    assert "every channel is marked absent" in assert_one_line_error(refused)
+    assert not (tmp_path / "none.nii.gz").exists()

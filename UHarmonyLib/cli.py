@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg = verbs.add_parser("segment", help="segment one case with a model bundle")
     seg.add_argument("--model", required=True, type=Path, help="model bundle folder")
     seg.add_argument(
-        "channels", nargs="+", type=Path, metavar="CHANNEL_FILE", help="one file or DICOM folder per channel"
+        "channels",
+        nargs="+",
+        type=Path,
+        metavar="CHANNEL_FILE",
+        help="one file or DICOM folder per model channel, in the card's order; '-' for a channel the case lacks",
     )
     seg.add_argument("--out", required=True, type=Path, help="label map (.nii.gz, .nrrd, .seg.nrrd, .mha)")
     seg.add_argument("--site", default="auto", help="auto (domain gate) or a site name from the model card")

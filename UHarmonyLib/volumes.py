@@ -87,20 +87,42 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE) -> 
     )
 
 
+ABSENT = "-"  # a channel argument meaning "this case lacks the channel"
+
+
 def read_channels(
     paths: Sequence[Path], channel_names: Sequence[str], log: Callable[[str], None] = lambda _m: None
 ) -> list[sitk.Image]:
-    """One volume per model channel, all on the first channel's grid."""
+    """One volume per model channel, all on the first present channel's grid.
+
+    A path of `-` (ABSENT) marks a channel the case lacks: the model gets an all-zero
+    volume there, exactly as it was trained for missing channels.
+    """
     if len(paths) != len(channel_names):
         raise InputError(
             f"the model expects {len(channel_names)} channel file(s) ({', '.join(channel_names)}), got {len(paths)}"
         )
-    images = [read_volume(Path(p)) for p in paths]
-    reference = images[0]
-    for i, (path, name) in enumerate(zip(paths, channel_names)):
-        if i and not same_grid(images[i], reference):
-            log(f"channel {name} ({Path(path).name}) is on a different grid; resampled onto {channel_names[0]}'s grid")
-            images[i] = sitk.Resample(images[i], reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    present = [i for i, p in enumerate(paths) if str(p) != ABSENT]
+    if not present:
+        raise InputError(f"every channel is marked absent ('{ABSENT}'); at least one image is needed")
+    read = {i: read_volume(Path(paths[i])) for i in present}
+    first = present[0]
+    reference = read[first]
+    images = []
+    for i, name in enumerate(channel_names):
+        if i not in read:
+            log(f"channel {name} absent: given to the model as zeros, as in training")
+            blank = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
+            blank.CopyInformation(reference)
+            images.append(blank)
+        elif i != first and not same_grid(read[i], reference):
+            log(
+                f"channel {name} ({Path(paths[i]).name}) is on a different grid; "
+                f"resampled onto {channel_names[first]}'s grid"
+            )
+            images.append(sitk.Resample(read[i], reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        else:
+            images.append(read[i])
     return images
 
 

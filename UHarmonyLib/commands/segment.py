@@ -15,7 +15,7 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.gate import GateDecision
 from UHarmonyLib.inference import SegmentationResult, check_site, segment_files
 from UHarmonyLib.progress import JsonReporter, Reporter
-from UHarmonyLib.volumes import check_output_path, write_volume
+from UHarmonyLib.volumes import ABSENT, check_output_path, write_volume
 
 SITE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
 
@@ -43,6 +43,8 @@ def describe_gate(decision: GateDecision) -> str:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse unwritable or clashing output paths before any work is done."""
+    if all(str(p) == ABSENT for p in args.channels):
+        raise InputError(f"every channel is marked absent ('{ABSENT}'); at least one image is needed")
     if args.gate_map is not None and args.site != "auto":
         raise InputError("--gate-map needs the gate, which does not run when --site names the site")
     outputs = [p for p in (args.out, args.gate_map, args.probabilities) if p is not None]
@@ -56,7 +58,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     resolved = [p.resolve() for p in outputs]
     if len(set(resolved)) != len(resolved):
         raise InputError("two outputs name the same file")
-    inputs = {p.resolve() for p in args.channels}
+    inputs = {p.resolve() for p in args.channels if str(p) != ABSENT}
     clash = next((p for p in outputs if p.resolve() in inputs), None)
     if clash is not None:
         raise InputError(f"{clash}: output would overwrite an input file")
