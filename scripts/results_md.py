@@ -2,8 +2,9 @@
 
 Usage: .venv/bin/python scripts/results_md.py
 
-One section per JSON file. inference.json gets a figure / value / goal / met table with its context; any other
-file gets a generic key / value table, so new benchmarks appear without changing this script.
+One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
+its method table and the claims it tests; any other file gets a generic key / value table, so new benchmarks appear
+without changing this script.
 """
 
 from __future__ import annotations
@@ -112,7 +113,58 @@ def render_inference(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {"inference.json": render_inference}
+def _dice(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def reproduce_goals(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """The paper's claims as [goal, value, met] rows, computed from the table's numbers (missing rows: skipped)."""
+    mean = {(r["backbone"], r["method"]): r.get("dice_mean") for r in rows}
+    goals = []
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        gated, given = mean.get((backbone, "uharmony_gated")), mean.get((backbone, "uharmony_given"))
+        plain = mean.get((backbone, "joint_instance"))
+        if gated is not None and plain is not None:
+            gain = gated - plain
+            goals.append([f"{backbone}: uharmony_gated ≥ joint_instance + 0.02", f"{gain:+.3f}", gain >= 0.02])
+        if gated is not None and given is not None:
+            gap = abs(gated - given)
+            goals.append([f"{backbone}: |uharmony_gated − uharmony_given| ≤ 0.01", f"{gap:.3f}", gap <= 0.01])
+    added = mean.get(("dynunet", "addsite_uharmony"))
+    others = [mean.get(("dynunet", m)) for m in ("addsite_finetune_instance", "addsite_scratch")]
+    if added is not None and all(o is not None for o in others):
+        margin = added - max(others)  # type: ignore[type-var]
+        goals.append(["addsite_uharmony > addsite_finetune_instance and addsite_scratch", f"{margin:+.3f}", margin > 0])
+    return [[goal, value, "yes" if met else "**no**"] for goal, value, met in goals]
+
+
+def render_reproduce(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/reproduce.py's table: whole-lesion Dice per method, then the claims it tests, met or missed."""
+    rows = doc.get("rows", [])
+    body = [
+        [
+            f"`{r['method']}`",
+            r["backbone"],
+            ", ".join(map(str, r["seeds"])),
+            f"{_dice(r['dice_mean'])} ± {_dice(r['dice_std'])} ({r['spread']})",
+            ", ".join(f"{site} {_dice(d)}" for site, d in r["per_site"].items()),
+        ]
+        for r in rows
+    ]
+    out = table(["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", "per-site Dice"], body)
+    out += ["", "Goals (met or missed, from the numbers above):", ""]
+    out += table(["goal", "value", "met"], reproduce_goals(rows))
+    out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])], ""]
+    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
+    minutes = doc.get("seconds", 0) / 60
+    out += ["", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
+    return out
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "inference.json": render_inference,
+    "reproduce.json": render_reproduce,
+}
 
 
 def build(folder: Path = RESULTS) -> str:
