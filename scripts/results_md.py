@@ -161,7 +161,35 @@ def render_reproduce(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_default_model(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/default_model.py's figures: Dice per site against the goal, the gate, the demo's time."""
+    per_label = doc.get("dice_per_label", {})
+    rows = []
+    for kind, table_key in (("seen", "dice_whole_lesion_seen"), ("unseen", "dice_whole_lesion_unseen")):
+        for site, dice in doc.get(table_key, {}).items():
+            labels = {k: v for k, v in per_label.get(site, {}).items() if k != "whole lesion" and v == v}
+            goal = ("yes" if dice >= 0.80 else "**no**") if kind == "seen" else ""
+            rows.append([site, kind, _dice(dice), goal, ", ".join(f"{k} {_dice(v)}" for k, v in labels.items())])
+    out = table(["site", "in training", "whole-lesion Dice", "≥ 0.80", "per label"], rows)
+    gate = [
+        ["gate accuracy, training sites (goal ≥ 0.95)", doc.get("gate_accuracy_seen")],
+        ["mean normalized entropy, training sites", doc.get("entropy_seen_mean")],
+        ["mean normalized entropy, unseen sites", doc.get("entropy_unseen_mean")],
+        ["mean distance to the gate bank, training sites", doc.get("distance_seen_mean")],
+        ["mean distance to the gate bank, unseen sites", doc.get("distance_unseen_mean")],
+        ["familiar up to (the model's calibrated distance)", doc.get("familiar_distance")],
+        ["share flagged unfamiliar, training sites", doc.get("unfamiliar_flagged_seen")],
+        ["share flagged unfamiliar, unseen sites", doc.get("unfamiliar_flagged_unseen")],
+        ["main-job command (`uharmony demo`), seconds", doc.get("demo_seconds")],
+    ]
+    out += ["", *table(["gate and demo", "value"], [r for r in gate if r[1] is not None])]
+    context = ["model", "cases_per_site", "seed", "spacing_mm", "torch_threads", "seconds", "command"]
+    out += ["", *table(["context", "value"], [[k, doc.get(k)] for k in context if k in doc])]
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "default_model.json": render_default_model,
     "inference.json": render_inference,
     "reproduce.json": render_reproduce,
 }
