@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/uharmony demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check UHarmonyLib Testing benchmarks scripts
-	$(BIN)/ruff format --check UHarmonyLib Testing benchmarks scripts
+	$(BIN)/ruff check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
+	$(BIN)/ruff format --check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
 	$(BIN)/python -m pytest -q Testing
 
 bench: $(STAMP)

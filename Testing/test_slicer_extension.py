@@ -1,0 +1,161 @@
+"""The extension as shipped: CMake file lists, requirements, the dependency check, loading before PyTorch, models."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from slicer_helpers import MODULE_DIR, REPO
+from UHarmonySlicerLib import dependencies, engine
+from UHarmonySlicerLib.models import default_folders, discover, next_version_folder, read_model
+
+ENGINE_DIR = REPO / "UHarmonyLib"
+MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
+REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    """The items of `set(VARIABLE item ...)`, comments dropped."""
+    match = re.search(rf"set\({variable}\s(.*?)\)", text, re.S)
+    assert match, f"no set({variable} ...) in {MODULE_CMAKE}"
+    return [w for line in match.group(1).splitlines() for w in line.split("#", 1)[0].split()]
+
+
+def python_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_cmake_lists_every_python_file_and_resource() -> None:
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
+    module = [s.replace("${MODULE_NAME}", "UHarmonySlicer") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    assert sorted(module) == python_files(MODULE_DIR)
+    assert sorted(cmake_list(text, "ENGINE_PYTHON_SCRIPTS")) == python_files(ENGINE_DIR)
+    resources = [s.replace("${MODULE_NAME}", "UHarmonySlicer") for s in cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    shipped = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file())
+    assert sorted(resources) == shipped
+    assert re.search(r"slicerMacroBuildScriptedModule\(\s*NAME \$\{MODULE_NAME\}.*WITH_GENERIC_TESTS", text, re.S)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and "\nadd_subdirectory(UHarmonySlicer)\n" in top
+    icon = re.search(r'EXTENSION_ICONURL "[^"]+/main/([^"]+)"', top).group(1)
+    assert (REPO / icon).is_file()
+
+
+def test_icon_is_a_128_pixel_png() -> None:
+    icon = sitk.ReadImage(str(MODULE_DIR / "Resources" / "Icons" / "UHarmonySlicer.png"))
+    assert icon.GetSize() == (128, 128)
+
+
+def test_requirements_have_floors_and_leave_slicers_own_packages_alone(tmp_path: Path) -> None:
+    requirements = dependencies.read_requirements(REQUIREMENTS)
+    names = {r.name.lower() for r in requirements}
+    assert {"monai", "safetensors"} <= names
+    assert not names & {"torch", "simpleitk", "numpy", "vtk"}
+    assert dependencies.missing(requirements) == []  # this venv has them all
+    wanting = tmp_path / "requirements.txt"
+    wanting.write_text("monai>=99.0  # far future\nno-such-package-uharmony>=1\n\nsafetensors>=0.4\n")
+    assert [r.name for r in dependencies.missing(dependencies.read_requirements(wanting))] == [
+        "monai",
+        "no-such-package-uharmony",
+    ]
+    wanting.write_text("monai<2\n")
+    with pytest.raises(ValueError, match=r"requirements.txt:1: expected 'name>=version'"):
+        dependencies.read_requirements(wanting)
+    assert not dependencies.torch_missing()
+
+
+def test_installs_pin_slicers_numpy_simpleitk_vtk_and_torch(tmp_path: Path) -> None:
+    pins = dependencies.protected_constraints()
+    assert f"numpy=={np.__version__}" in pins and f"SimpleITK=={sitk.Version.VersionString()}" in pins
+    assert f"torch=={torch.__version__}" in pins and "vtk==9.6.2" in pins
+    missing = dependencies.read_requirements(REQUIREMENTS)[:1]
+    assert dependencies.pip_arguments(missing, tmp_path / "c.txt") == [
+        missing[0].text,
+        "--constraint",
+        str(tmp_path / "c.txt"),
+    ]
+    assert dependencies.version_tuple("2.13.0+cpu") == (2, 13, 0) and dependencies.version_tuple("1.6rc1") == (1, 6)
+
+
+def test_the_module_loads_and_lists_models_before_pytorch_is_installed() -> None:
+    """As in a fresh Slicer: torch, MONAI, safetensors, SciPy and psutil cannot be imported."""
+    script = f"""
+import sys
+for name in ("torch", "monai", "safetensors", "scipy", "psutil"):
+    sys.modules[name] = None  # what a Slicer without them raises ImportError for
+sys.path.insert(0, {str(MODULE_DIR)!r})
+import UHarmonySlicerLib.addsite, UHarmonySlicerLib.cohort, UHarmonySlicerLib.segment, UHarmonySlicerLib.dependencies
+from UHarmonySlicerLib.models import read_model
+info = read_model({str(REPO / "Resources" / "Models" / "uharmony-default-v1")!r})
+print(info.verified, info.usable, ",".join(info.channel_names))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True", "T1,T2,FLAIR"]
+
+
+def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
+    user = tmp_path / "models"
+    broken = user / "broken-v1"
+    broken.mkdir(parents=True)
+    (broken / "model.json").write_text("{ not json")
+    models = discover(default_folders(user))
+    assert [m.path.name for m in models] == ["uharmony-default-v1", "uharmony-starter-v1", "broken-v1"]
+    default = models[0]
+    assert default.usable and default.verified and default.channel_names == ["T1", "T2", "FLAIR"]
+    summary = default.summary()
+    for part in (default.title, "hospital-a, hospital-b", "T1 (MR), T2 (MR), FLAIR (MR)", "1 lesion core"):
+        assert part in summary
+    assert not models[2].usable and "not valid JSON" in models[2].problem
+    assert "cannot be used" in models[2].summary() and "(unusable)" in models[2].display_name
+    (user / "uharmony-default-v3").mkdir()  # a half-written folder still takes its version number
+    assert next_version_folder(default, default_folders(user)[:1], user) == user / "uharmony-default-v4"
+    assert read_model(tmp_path / "nowhere").problem.endswith("model bundle not found")
+
+
+def test_a_source_checkout_finds_the_engine_at_the_repository_root() -> None:
+    """Slicer pointed at <repo>/UHarmonySlicer: no pip install, no site-packages, still the engine and its models."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(MODULE_DIR)!r})
+import UHarmonySlicerLib
+import UHarmonyLib.resources
+print(UHarmonyLib.resources.BUNDLED_MODELS)
+"""
+    run = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60, cwd="/")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(REPO / "Resources" / "Models")
+
+
+def test_engine_command_line_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Slicer, PythonSlicer is not on PATH: this interpreter runs the engine, with the engine importable."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    command = engine.engine_command("segment", Path("a b.nrrd"), "--site", "auto")
+    assert command == [
+        sys.executable,
+        "-m",
+        "UHarmonyLib",
+        "segment",
+        "a b.nrrd",
+        "--site",
+        "auto",
+        "--progress",
+        "json",
+    ]
+    cpu, auto = engine.engine_environment("cpu"), engine.engine_environment("auto")
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "-1" and "CUDA_VISIBLE_DEVICES" not in auto
+    assert auto["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+    assert engine.parse_line('{"event": "progress", "stage": "gate", "done": 1, "total": 4}\n')["done"] == 1
+    assert engine.parse_line("Traceback (most recent call last):\n") == {
+        "event": "output",
+        "message": "Traceback (most recent call last):",
+    }
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
+        engine.Job(lambda temp: iter(()), device="gpu")
