@@ -59,7 +59,17 @@ def test_decision_json_keys_and_values() -> None:
     p = aggregate(probs, np.ones(5))
     decision = GateDecision(SITES, p, familiar_threshold=0.5, window_probabilities=probs)
     d = json.loads(json.dumps(decision.to_json()))
-    assert set(d) == {"sites", "chosen", "entropy", "familiar", "site_given", "windows"}
+    assert set(d) == {
+        "sites",
+        "chosen",
+        "entropy",
+        "familiar",
+        "distance",
+        "nearest_site",
+        "familiar_distance",
+        "site_given",
+        "windows",
+    }
     assert list(d["sites"]) == SITES
     assert sum(d["sites"].values()) == pytest.approx(1.0, abs=1e-5)
     assert d["chosen"] == SITES[int(np.argmax(p))]

@@ -44,7 +44,7 @@ def test_quick_run_writes_every_row_and_renders_them(tmp_path: Path) -> None:
     out = tmp_path / "reproduce.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/reproduce.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO, capture_output=True, encoding="utf-8", timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))

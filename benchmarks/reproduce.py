@@ -588,7 +588,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     write_text_atomic(args.out, json.dumps(doc, indent=2) + "\n")
     for r in rows:
-        print(f"{r['backbone']:>9} {r['method']:<26} {r['dice_mean']} ± {r['dice_std']} ({r['spread']})")
+        print(f"{r['backbone']:>9} {r['method']:<26} {r['dice_mean']} +/- {r['dice_std']} ({r['spread']})")
     log(f"wrote {args.out}", started)
     return 0
 
