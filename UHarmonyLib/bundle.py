@@ -22,6 +22,7 @@ from UHarmonyLib import __version__
 from UHarmonyLib.atomic import atomic_dir
 from UHarmonyLib.errors import BundleError
 from UHarmonyLib.gate_bank import BANK_NAME, GateBank, load_bank
+from UHarmonyLib.harmonize import check_params
 from UHarmonyLib.nn.network import NetworkConfig, UHarmonyNet
 
 FORMAT_VERSION = 1
@@ -232,6 +233,9 @@ def _validate_card(card: dict[str, Any], path: Path) -> None:
     )
     spacing = card["preprocessing"].get("spacing")
     need(isinstance(spacing, list) and len(spacing) == 3 and all(s > 0 for s in spacing), "spacing must be 3 positives")
+    if "harmonize" in card["preprocessing"]:
+        problem = check_params(card["preprocessing"]["harmonize"])
+        need(problem is None, f"preprocessing.harmonize: {problem}")
 
 
 def verify_files(path: Path, card: dict[str, Any]) -> None:

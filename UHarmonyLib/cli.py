@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--gate-json", type=Path, help="write the gate's site probabilities as JSON")
     seg.add_argument("--gate-map", type=Path, help="write the per-patch most likely site as a label volume")
     seg.add_argument("--probabilities", type=Path, help="write per-class probabilities (vector volume)")
+    seg.add_argument(
+        "--harmonize", metavar="METHOD", help="optional check: the model card's harmonization (the card decides)"
+    )
     _add_progress(seg)
 
     models = verbs.add_parser("models", help="inspect model bundles")
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--log-every", type=int, default=10, metavar="N", help="log the loss every N steps (10)")
     tr.add_argument("--channel-dropout", type=float, default=0.1, help="chance of zeroing a present channel (0.1)")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    tr.add_argument(
+        "--harmonize", metavar="METHOD", help="harmonize first: n4, zscore, percentile, nyul, match, whitestripe"
+    )
     _add_progress(tr)
 
     ev = verbs.add_parser("evaluate", help="score a model bundle on a labelled dataset: Dice, HD95, gate accuracy")
@@ -111,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--seed", type=int, default=0)
     add.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_progress(add)
+
+    har = verbs.add_parser("harmonize", help="harmonize one image's intensities (fitted on a dataset if needed)")
+    har.add_argument("--method", help="n4, zscore, percentile, nyul, match or whitestripe (or from --params)")
+    har.add_argument("--fit", type=Path, metavar="DATASET_JSON", help="learn the parameters from this dataset")
+    har.add_argument("--channel", metavar="NAME", help="the image's channel (needed when there are several)")
+    har.add_argument("--in", dest="input", required=True, type=Path, metavar="FILE", help="the image to harmonize")
+    har.add_argument("--out", required=True, type=Path, metavar="FILE", help="the harmonized image")
+    har.add_argument("--params-out", type=Path, metavar="JSON", help="write the fitted parameters")
+    har.add_argument("--params", type=Path, metavar="JSON", help="parameters from --params-out, or a model bundle")
+    _add_progress(har)
+
+    dia = verbs.add_parser("diagnose", help="do sites differ in appearance, structure, both or neither? (HTML report)")
+    dia.add_argument("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder")
+    dia.add_argument("--model", type=Path, metavar="BUNDLE", help="add the model's evidence (gate, Dice)")
+    dia.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json")
+    dia.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_progress(dia)
     return parser
 
 
@@ -146,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from UHarmonyLib.commands.evaluate import run_evaluate
 
             run_evaluate(args, reporter)
+        elif args.verb == "harmonize":
+            from UHarmonyLib.commands.harmonize import run_harmonize
+
+            run_harmonize(args, reporter)
+        elif args.verb == "diagnose":
+            from UHarmonyLib.commands.diagnose import run_diagnose
+
+            run_diagnose(args, reporter)
         return 0
     except UHarmonyError as e:
         _fail(reporter, str(e))

@@ -18,7 +18,7 @@ from UHarmonyLib.device import autocast, resolve_precision
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.gate import GateDecision, aggregate, given_site
 from UHarmonyLib.gate_bank import case_vector
-from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.preprocessing import ModelSpace, model_input
 from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.volumes import read_channels
 from UHarmonyLib.windows import pad_to_roi, window_slices
@@ -203,7 +203,7 @@ def segment_volumes(
         raise InputError("--gate-map needs the gate, which does not run when --site names the site")
     t0 = time.perf_counter()
     space = ModelSpace.for_image(images[0], bundle.preprocessing)
-    x = normalize(stack_channels(space, images), bundle.preprocessing["intensity"]).unsqueeze(0)
+    x = model_input(space, images, bundle.preprocessing, bundle.channel_names).unsqueeze(0)
     prep = time.perf_counter() - t0
     batch = int(bundle.inference.get("batch_size", 1))
     attempts = [(device, batch)]

@@ -18,6 +18,8 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
 
+from UHarmonyLib import harmonize
+
 SPACING_TOLERANCE = 1e-3
 
 
@@ -130,3 +132,23 @@ def normalize(channels: np.ndarray, intensity: dict[str, Any]) -> torch.Tensor:
         lo, hi = intensity.get("percentiles", [0.5, 99.5])
         return torch.stack([ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True)(c) for c in x])
     raise ValueError(f"unknown intensity normalization '{method}'")
+
+
+def model_input(
+    space: ModelSpace,
+    images: Sequence[sitk.Image],
+    preprocessing: dict[str, Any],
+    channels: Sequence[str],
+    where: str = "case",
+) -> torch.Tensor:
+    """The (C, x, y, z) network input: harmonize (if the card says so), move to the model grid, normalize.
+
+    Training cases and `uharmony segment` both come through here, so a card's stored
+    harmonization is repeated exactly. It runs on the input grid, before any resampling,
+    so `uharmony harmonize` of a file and then segmenting it gives the same input. Cards
+    without `harmonize` (all bundles before it existed) skip the step.
+    """
+    params = preprocessing.get("harmonize")
+    if params is not None:
+        images = harmonize.apply_channels(images, params, channels, where)
+    return normalize(stack_channels(space, images), preprocessing["intensity"])

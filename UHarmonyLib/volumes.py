@@ -75,7 +75,7 @@ def check_values(array: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: contains {bad} NaN or infinite voxels")
     lo, hi = float(array.min()), float(array.max())
     if lo == hi:
-        raise InputError(f"{path}: volume is constant (every voxel is {lo:g}); nothing to segment")
+        raise InputError(f"{path}: volume is constant (every voxel is {lo:g}): an empty or blank image")
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE) -> bool:

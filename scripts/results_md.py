@@ -3,8 +3,8 @@
 Usage: .venv/bin/python scripts/results_md.py
 
 One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
-its method table and the claims it tests; any other file gets a generic key / value table, so new benchmarks appear
-without changing this script.
+its method table and the claims it tests, diagnose.json its confusion table; any other file gets a generic key / value
+table, so new benchmarks appear without changing this script.
 """
 
 from __future__ import annotations
@@ -188,8 +188,21 @@ def render_default_model(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_diagnose(doc: dict[str, Any]) -> list[str]:
+    """scripts/validate_diagnose.py's figures: right answers against the goal, and the confusion table."""
+    confusion = doc.get("confusion", {})
+    answers = list(next(iter(confusion.values()), {}))
+    out = [f"**{doc.get('correct')} of {doc.get('total')} correct** (goal: {doc.get('goal')}).", ""]
+    out += table(["expected \\ recommended", *answers], [[k, *v.values()] for k, v in confusion.items()])
+    wrong = [f"{r['scenario']} seed {r['seed']}: {r['recommended']}" for r in doc.get("runs", []) if not r["correct"]]
+    out += ["", f"Wrong: {'; '.join(wrong) if wrong else 'none'}."]
+    context = ["seeds", "cases_per_site", "spacing_mm", "thresholds", "torch_threads", "seconds", "command"]
+    return [*out, "", *table(["context", "value"], [[k, doc.get(k)] for k in context if k in doc])]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "default_model.json": render_default_model,
+    "diagnose.json": render_diagnose,
     "inference.json": render_inference,
     "reproduce.json": render_reproduce,
 }

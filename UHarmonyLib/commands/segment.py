@@ -64,6 +64,23 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise InputError(f"{clash}: output would overwrite an input file")
 
 
+def check_harmonize(bundle: Bundle, method: str | None) -> None:
+    """`--harmonize` only confirms the card's choice: the card decides what inference repeats from training."""
+    if method is None:
+        return
+    stored = bundle.preprocessing.get("harmonize")
+    if stored is None:
+        raise InputError(
+            f"{bundle.path}: this model was trained without harmonization and applies none; drop --harmonize "
+            f"{method} (harmonized input would look unlike its training images)"
+        )
+    if stored["method"] != method:
+        raise InputError(
+            f"{bundle.path}: this model was trained with {stored['method']} harmonization and repeats it from its "
+            f"card; --harmonize {method} contradicts it"
+        )
+
+
 def write_outputs(args: argparse.Namespace, bundle: Bundle, result: SegmentationResult) -> dict[str, str]:
     written = {"segmentation": str(args.out)}
     write_volume(result.labels, args.out, labels=bundle.labels)
@@ -100,6 +117,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
     device = resolve_device(args.device)
     bundle = load_bundle(args.model)
     check_site(bundle, args.site)
+    check_harmonize(bundle, args.harmonize)
     reporter.log(f"model {bundle.label_text}: channels {', '.join(bundle.channel_names)}; device {device}")
     result = segment_files(
         bundle,

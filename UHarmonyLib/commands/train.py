@@ -49,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every,
         channel_dropout=args.channel_dropout,
         resume=args.resume,
+        harmonize=args.harmonize,
         **extra,
     )
 

@@ -159,7 +159,10 @@ def add_site(config: AddSiteConfig, reporter: Reporter | None = None) -> dict[st
     loaded = {i: load_case(c, len(parent.channel_names)) for i, c in enumerate(plan.cases)}
     new_site = plan.sites[-1]
     new_index = len(parent.site_names)
-    prepared = [prepare_case(loaded[i], parent.preprocessing, patch) for i in new_site.train]
+    prepared = [
+        prepare_case(loaded[i], parent.preprocessing, patch, parent.channel_names, plan.cases[i].entry.case)
+        for i in new_site.train
+    ]
     val = [(plan.cases[i], loaded[i]) for i in new_site.val]
     reporter.log(
         f"new site {config.site}: {len(new_site.train)} training and {len(new_site.val)} held-out case(s) "

@@ -2,13 +2,15 @@
 
 A case's channels are read as `uharmony segment` reads them (first present channel's
 grid; other channels resampled onto it), absent model channels become all-zero images
-on that grid, and `ModelSpace` + `stack_channels` + `normalize` make the arrays, so a
-trained bundle sees at inference exactly what it saw in training. Labels move to the
-model grid by nearest neighbour and become the case's group indices (see plan.py).
+on that grid, and `ModelSpace` + `model_input` (harmonization, if any, then
+normalization) make the arrays, so a trained bundle sees at inference exactly what it
+saw in training. Labels move to the model grid by nearest neighbour and become the
+case's group indices (see plan.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 from monai.data import MetaTensor
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.preprocessing import ModelSpace, model_input
 from UHarmonyLib.training.plan import PlannedCase
 from UHarmonyLib.volumes import check_values, read_channels, same_grid
 from UHarmonyLib.windows import pad_to_roi
@@ -115,10 +117,19 @@ def _label_to_model(space: ModelSpace, groups_zyx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(sitk.GetArrayViewFromImage(moved).transpose(2, 1, 0))
 
 
-def prepare_case(loaded: LoadedCase, preprocessing: dict[str, Any], patch: tuple[int, ...]) -> PreparedCase:
-    """Model-space arrays exactly as the inference engine builds them, padded like its windows."""
+def prepare_case(
+    loaded: LoadedCase,
+    preprocessing: dict[str, Any],
+    patch: tuple[int, ...],
+    channels: Sequence[str] = (),
+    where: str = "training case",
+) -> PreparedCase:
+    """Model-space arrays exactly as the inference engine builds them, padded like its windows.
+
+    `channels` (the model's channel names) is needed when `preprocessing` harmonizes.
+    """
     space = ModelSpace.for_image(loaded.images[0], preprocessing)
-    image = normalize(stack_channels(space, loaded.images), preprocessing["intensity"])
+    image = model_input(space, loaded.images, preprocessing, channels, where)
     image = (image.as_tensor() if isinstance(image, MetaTensor) else image).float().contiguous()
     target = torch.from_numpy(_label_to_model(space, loaded.groups_zyx))[None]
     image = pad_to_roi(image[None], patch)[0]

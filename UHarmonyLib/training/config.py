@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.harmonize import METHODS
 from UHarmonyLib.nn.network import BACKBONES, NORMS
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
@@ -47,6 +48,7 @@ class TrainConfig:
     gate_weight: float = 0.5
     channel_dropout: float = 0.1
     scaler_patches: int = 90
+    harmonize: str | None = None  # a harmonization method fitted on the training cases (UHarmonyLib.harmonize)
     resume: bool = False
     command: str = ""  # recorded in the card; default: an equivalent `uharmony train` line
 
@@ -125,6 +127,8 @@ class TrainConfig:
             raise InputError(f"--channel-dropout must be in [0, 1), got {self.channel_dropout}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}")
+        if self.harmonize is not None and self.harmonize not in METHODS:
+            raise InputError(f"--harmonize {self.harmonize}: unknown method (use {', '.join(METHODS)})")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -33,6 +33,7 @@ from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.training.cases import LoadedCase, load_case, model_spacing, prepare_case
 from UHarmonyLib.training.checkpoint import Checkpoint, checkpoints, load_checkpoint, remove_stale, save_checkpoint
 from UHarmonyLib.training.config import TrainConfig
+from UHarmonyLib.training.harmonization import fit_on_cases
 from UHarmonyLib.training.losses import MarginalDiceCELoss
 from UHarmonyLib.training.plan import Plan, plan_training
 from UHarmonyLib.training.sampling import Batch, PatchSampler
@@ -45,6 +46,7 @@ OPTIONAL_FLAGS = (
     ("--val-every", "val_every"),
     ("--val-fraction", "val_fraction"),
     ("--channel-dropout", "channel_dropout"),
+    ("--harmonize", "harmonize"),
 )
 
 
@@ -181,7 +183,16 @@ class Trainer:
             f"channels {', '.join(self.plan.channels)}, labels {', '.join(self.plan.label_names)}; "
             f"{len(train_ids)} training and {len(val_ids)} validation cases, read in {time.perf_counter() - t:.1f} s"
         )
-        prepared = [prepare_case(loaded[i], self.preprocessing, config.patch) for i in train_ids]
+        if config.harmonize is not None:
+            t = time.perf_counter()
+            self.preprocessing["harmonize"] = fit_on_cases(config.harmonize, self.plan, train_ids, loaded.__getitem__)
+            reporter.log(
+                f"{config.harmonize} harmonization fitted on the training cases in {time.perf_counter() - t:.1f} s"
+            )
+        prepared = [
+            prepare_case(loaded[i], self.preprocessing, config.patch, self.plan.channels, self.plan.cases[i].entry.case)
+            for i in train_ids
+        ]
         self.val_cases = [(self.plan.cases[i], loaded[i]) for i in val_ids]
         self.sampler = PatchSampler(
             prepared,

@@ -1,0 +1,130 @@
+"""`uharmony diagnose` on planted scenarios (4 mm, 3 cases per site), its report, model evidence, refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run_main, tiny_net
+
+from UHarmonyLib.bundle import make_card, save_bundle
+from UHarmonyLib.diagnose.compare import PERMUTATIONS, site_test
+
+SYNTH = ["--spacing", 4, "--cases-per-site", 3, "--seed", 0]
+
+
+def _synth(scenario: str, folder: Path) -> Path:
+    run = run_main("synth", "--scenario", scenario, "--out", folder, *SYNTH)
+    assert run.code == 0, run.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def structural(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synth("structural", tmp_path_factory.mktemp("structural") / "data")
+
+
+@pytest.fixture(scope="module")
+def random_model(structural: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model in the structural dataset's channel, label and site spaces."""
+    data = json.loads((structural / "dataset.json").read_text(encoding="utf-8"))
+    net = tiny_net(in_channels=3, num_sites=4)
+    card = make_card(
+        net,
+        name="random",
+        version=1,
+        channels=[{"name": c, "modality": "MR"} for c in ("T1", "T2", "FLAIR")],
+        labels=[
+            {"value": 1, "name": "lesion core", "color": "#ff0000"},
+            {"value": 2, "name": "edema", "color": "#ffff00"},
+        ],
+        sites=[{"name": s["name"]} for s in data["sites"]],
+        preprocessing={"spacing": [4.0, 4.0, 4.0]},
+        inference={"patch_size": [32, 32, 32], "overlap": 0.25, "batch_size": 2},
+    )
+    return save_bundle(net, card, tmp_path_factory.mktemp("model") / "random-v1")
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def _check_report(out: Path) -> dict[str, Any]:
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]{200,}'", page)) == 3
+    assert "http" not in page  # self-contained: nothing fetched
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_appearance_shift_recommends_harmonizing(tmp_path: Path) -> None:
+    data = _synth("appearance", tmp_path / "data")
+    out = tmp_path / "report"
+    run = run_main("diagnose", "--data", data, "--out", out, "--progress", "json")
+    assert run.code == 0, run.stderr
+    events = _events(run.stdout)
+    assert [e["done"] for e in events if e["event"] == "progress"] == list(range(1, 13))
+    result = events[-1]
+    assert result["event"] == "result" and result["recommendation"] == "harmonize data"
+    assert result["appearance_findings"] and not result["structural_findings"]
+    summary = _check_report(out)
+    assert summary["decision"]["recommendation"] == "harmonize data"
+    assert summary["sites"]["scanner-b"]["spacing_mm"] == [[2.0, 2.0, 4.0]]
+    ratios = [p["ratio"] for p in summary["pairs"]]
+    assert max(ratios) >= summary["decision"]["thresholds"]["appearance_ratio"]
+    assert len(summary["cases"]) == 12 and "model" not in summary
+
+
+def test_structural_shift_recommends_personalizing(structural: Path, random_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    run = run_main("diagnose", "--data", structural, "--model", random_model, "--out", out)
+    assert run.code == 0, run.stderr
+    assert "Recommendation: personalize the model" in run.stdout
+    summary = _check_report(out)
+    decision = summary["decision"]
+    assert decision["structural_shift"] and not decision["appearance_shift"]
+    assert any("lesion" in f for f in decision["structural_findings"])
+    model = summary["model"]
+    assert set(model["sites"]) == {"cohort-a", "cohort-b", "cohort-c", "cohort-d"}
+    assert 0.0 <= model["gate_accuracy"] <= 1.0 and model["segmentations"] == 24
+    assert all(s["known_to_model"] and s["cases"] == 3 for s in model["sites"].values())
+    assert "Model evidence (random v1)" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_site_test_separates_planted_differences() -> None:
+    rng = np.random.default_rng(0)
+    sites = ["a"] * 10 + ["b"] * 10
+    shifted = site_test("x", "case", [*rng.normal(0, 1, 10), *rng.normal(3, 1, 10)], sites)
+    alike = site_test("x", "case", list(rng.normal(0, 1, 20)), sites)
+    assert shifted.p == 1 / (PERMUTATIONS + 1) and shifted.eta2 > 0.5
+    assert alike.p > 0.05 and alike.eta2 < 0.2
+
+
+def test_bad_inputs_are_refused_with_one_line(structural: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    data = json.loads((structural / "dataset.json").read_text(encoding="utf-8"))
+    one_site = structural / "one-site.json"
+    one_site.write_text(json.dumps({**data, "training": data["training"][:3]}), encoding="utf-8")
+    bad_channel = structural / "bad-channel.json"
+    entries = [dict(data["training"][0], channels=["T1", "PD", "FLAIR"]), *data["training"][1:]]
+    bad_channel.write_text(json.dumps({**data, "training": entries}), encoding="utf-8")
+    missing = structural / "missing-label.json"
+    entries = [dict(data["training"][0], label="labelsTr/nobody.nii.gz"), *data["training"][1:]]
+    missing.write_text(json.dumps({**data, "training": entries}), encoding="utf-8")
+    a_file = tmp_path / "taken"
+    a_file.write_text("x", encoding="utf-8")
+    out = tmp_path / "report"
+    cases = [
+        (["--data", one_site, "--out", out], "every case is from one site"),
+        (["--data", bad_channel, "--out", out], "channel 'PD' is not in the dataset's channel_names"),
+        (["--data", missing, "--out", out], "nobody.nii.gz not found"),
+        (["--data", structural, "--model", tiny_bundle, "--out", out], "channel 'T1' is not one of the model's"),
+        (["--data", structural, "--out", a_file], "exists and is not a folder"),
+        (["--data", structural, "--out", tmp_path / "no" / "such"], "does not exist"),
+    ]
+    for args, message in cases:
+        line = assert_one_line_error(run_main("diagnose", *args))
+        assert message in line, (args, line)
+    assert not out.exists()

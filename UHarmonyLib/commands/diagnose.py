@@ -1,0 +1,79 @@
+"""`uharmony diagnose`: appearance vs structure evidence per site pair and a recommendation, as HTML + JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from UHarmonyLib.atomic import check_writable, write_text_atomic
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.progress import JsonReporter, Reporter
+
+REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
+SHOWN = 6  # findings printed to the terminal; the report lists all
+
+
+def command_line(args: argparse.Namespace) -> str:
+    model = f" --model {args.model}" if args.model else ""
+    return f"uharmony diagnose --data {args.data}{model} --out {args.out}"
+
+
+def check_out(out: Path) -> None:
+    """REPORT_DIR: an existing folder or a new one in an existing folder; refused before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if not out.exists() and not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise InputError(f"{out}: parent folder {out.parent} does not exist")
+    for name in (REPORT_HTML, SUMMARY_JSON):
+        if out.is_dir():
+            check_writable(out / name)
+
+
+def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
+    """Measure, compare, decide (and score the model), then write report.html and summary.json atomically."""
+    from UHarmonyLib.diagnose import diagnose_dataset
+    from UHarmonyLib.diagnose.report import render_html
+
+    start = time.perf_counter()
+    check_out(args.out)
+    model = None
+    if args.model is not None:
+        from UHarmonyLib.bundle import load_bundle
+        from UHarmonyLib.diagnose.model import map_for_model
+
+        bundle = load_bundle(args.model)
+        model = (bundle, map_for_model(bundle, args.data))
+    summary, cases = diagnose_dataset(args.data, reporter)
+    if model is not None:
+        from UHarmonyLib.device import resolve_device
+        from UHarmonyLib.diagnose.model import model_evidence
+
+        summary["model"] = model_evidence(*model, resolve_device(args.device), reporter)
+    summary["command"] = command_line(args)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    page = render_html(summary, cases)
+    args.out.mkdir(exist_ok=True)
+    write_text_atomic(args.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out / REPORT_HTML, page)
+    decision = summary["decision"]
+    payload = {
+        "report": str(args.out / REPORT_HTML),
+        "summary": str(args.out / SUMMARY_JSON),
+        "recommendation": decision["recommendation"],
+        "appearance_findings": decision["appearance_findings"],
+        "structural_findings": decision["structural_findings"],
+        "seconds": summary["seconds"],
+    }
+    reporter.result(payload)
+    if not isinstance(reporter, JsonReporter):
+        print(f"Recommendation: {decision['recommendation']}. {decision['advice']}")
+        findings = decision["appearance_findings"] + decision["structural_findings"]
+        for line in findings[:SHOWN]:
+            print(f"  - {line}")
+        if len(findings) > SHOWN:
+            print(f"  ... and {len(findings) - SHOWN} more findings in the report")
+        print(f"Wrote {payload['report']} and {payload['summary']} ({summary['seconds']:.1f} s)")
+    return payload
