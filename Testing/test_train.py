@@ -337,3 +337,34 @@ def test_bad_datasets_are_refused_with_one_line(easy: Path, tmp_path: Path) -> N
     assert patch.code == 2 and "multiple of 4" in assert_one_line_error(patch)
     exists = run_main("train", "--data", easy, "--out", easy, *TINY_ARGS)
     assert exists.code == 2 and "already exists" in assert_one_line_error(exists)
+
+
+def test_site_weights_tilt_the_draw_and_bad_weights_are_refused(mixed: Path, easy: Path, tmp_path: Path) -> None:
+    plan = plan_training([mixed], val_fraction=0.0, seed=0)
+    prepared = [prepare_case(load_case(c, 3), PREP, (32, 32, 32)) for c in plan.cases]
+    args = (prepared, [c.groups for c in plan.cases], [c.site for c in plan.cases], 4, (32, 32, 32), 2)
+    plain = PatchSampler(*args, seed=0)
+    weighted = PatchSampler(*args, seed=0, site_weights=[1.0, 4.0, 1.0, 1.0])
+    same = PatchSampler(*args, seed=0, site_weights=[2.0, 2.0, 2.0, 2.0])
+    steps = range(1, 61)
+
+    def drawn(sampler: PatchSampler) -> np.ndarray:
+        return np.bincount(np.concatenate([sampler.batch(s).sites.numpy() for s in steps]), minlength=4)
+
+    counts = drawn(weighted)
+    assert counts[1] > 1.5 * max(counts[0], counts[2], counts[3])  # hospital-b drawn far more often
+    assert drawn(plain).max() - drawn(plain).min() < 25
+    assert torch.equal(plain.batch(7).image, same.batch(7).image)  # equal weights: the unweighted draws exactly
+
+    for value, words in (("hospital-b=0", "must be a positive number"), ("hospital-b", "expected SITE=WEIGHT"),
+                         ("nowhere=2", "no such site in the data")):  # fmt: skip
+        run = run_main(
+            "train", "--data", mixed, "--out", tmp_path / "w", "--steps", 1, "--site-weight", value, *TINY_ARGS
+        )
+        assert run.code == 2 and words in assert_one_line_error(run), (value, run)
+    bundle = train(
+        TrainConfig(
+            data=[easy], out=tmp_path / "weighted", steps=1, site_weights={"solo": 3.0}, val_fraction=0.0, **TINY
+        )
+    )
+    assert "--site-weight solo=3" in _card(bundle)["provenance"]["command"]

@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (50)")
     tr.add_argument("--log-every", type=int, default=10, metavar="N", help="log the loss every N steps (10)")
     tr.add_argument("--channel-dropout", type=float, default=0.1, help="chance of zeroing a present channel (0.1)")
+    tr.add_argument(
+        "--site-weight",
+        action="append",
+        default=[],
+        metavar="SITE=W",
+        help="draw SITE's patches W times as often as a weight-1 site (repeatable; default 1 each)",
+    )
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     tr.add_argument(
         "--harmonize", metavar="METHOD", help="harmonize first: n4, zscore, percentile, nyul, match, whitestripe"

@@ -28,6 +28,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.spacing is not None and len(args.spacing) not in (1, 3):
         raise InputError(f"--spacing needs one or three sizes, got {len(args.spacing)}")
     extra = {"filters": tuple(args.filters)} if args.filters else {}
+    weights: dict[str, float] = {}
+    for item in args.site_weight:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--site-weight {item}: expected SITE=WEIGHT, for example hospital-b=2")
     return TrainConfig(
         data=args.data,
         out=args.out,
@@ -48,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         channel_dropout=args.channel_dropout,
+        site_weights=weights,
         resume=args.resume,
         harmonize=args.harmonize,
         **extra,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class TrainConfig:
     log_every: int = 10
     gate_weight: float = 0.5
     channel_dropout: float = 0.1
+    site_weights: dict[str, float] = field(default_factory=dict)  # site -> relative sampling weight (default 1)
     scaler_patches: int = 90
     harmonize: str | None = None  # a harmonization method fitted on the training cases (UHarmonyLib.harmonize)
     resume: bool = False
@@ -127,6 +128,9 @@ class TrainConfig:
             raise InputError(f"--channel-dropout must be in [0, 1), got {self.channel_dropout}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}")
+        bad = next((f"{k}={w}" for k, w in self.site_weights.items() if not (w > 0 and math.isfinite(w))), None)
+        if bad is not None:
+            raise InputError(f"--site-weight {bad}: the weight must be a positive number")
         if self.harmonize is not None and self.harmonize not in METHODS:
             raise InputError(f"--harmonize {self.harmonize}: unknown method (use {', '.join(METHODS)})")
 

@@ -153,6 +153,7 @@ def _command(config: TrainConfig, total: int) -> str:
     for flag, key in OPTIONAL_FLAGS:
         if getattr(config, key) != getattr(defaults, key):
             parts.append(f"{flag} {getattr(config, key)}")
+    parts += [f"--site-weight {name}={w:g}" for name, w in config.site_weights.items()]
     return " ".join(parts)
 
 
@@ -170,6 +171,10 @@ class Trainer:
         self.config = config
         self.reporter = reporter
         self.plan = plan_training(config.data, config.val_fraction, config.seed)
+        names = [s.name for s in self.plan.sites]
+        unknown = next((k for k in config.site_weights if k not in names), None)
+        if unknown is not None:
+            raise InputError(f"--site-weight {unknown}: no such site in the data (sites: {', '.join(names)})")
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.precision = str(self.dtype).replace("torch.", "")
@@ -203,6 +208,7 @@ class Trainer:
             batch_size=config.batch_size,
             seed=config.seed,
             channel_dropout=config.channel_dropout,
+            site_weights=[config.site_weights.get(n, 1.0) for n in names],
         )
         self.net = _network(config, self.plan).to(self.device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)

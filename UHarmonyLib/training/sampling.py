@@ -1,8 +1,9 @@
 """Site-balanced patch batches with MONAI transforms, reproducible from (seed, step) alone.
 
 Each batch draws its sites uniformly (without replacement while the batch is no larger
-than the site count), so a small site is seen as often as a large one; then a case of
-that site uniformly. MONAI's RandCropByPosNegLabeld takes half the patches centred on
+than the site count), so a small site is seen as often as a large one; `--site-weight`
+tilts that draw toward sites that need more practice. Then a case of that site
+uniformly. MONAI's RandCropByPosNegLabeld takes half the patches centred on
 lesion; light augmentation (flips, a mild foreground-only intensity scale and shift,
 so absent channels stay exactly zero and a site's appearance survives), then channel
 dropout. Every random draw of a step is seeded from (seed, step): a resumed run sees
@@ -79,12 +80,16 @@ class PatchSampler:
         batch_size: int,
         seed: int,
         channel_dropout: float = 0.1,
+        site_weights: Sequence[float] | None = None,
     ) -> None:
         self.cases = cases
         self.groups = groups
         self.case_sites = list(sites)
         self.by_site = [[i for i, s in enumerate(sites) if s == k] for k in range(num_sites)]
         self.sites = [k for k in range(num_sites) if self.by_site[k]]  # sites with training cases
+        weights = [1.0 if site_weights is None else float(site_weights[k]) for k in self.sites]
+        # None keeps plain uniform draws, so unweighted runs repeat earlier runs' batches exactly
+        self.site_p = None if len(set(weights)) <= 1 else np.asarray(weights) / sum(weights)
         self.batch_size = batch_size
         self.seed = seed
         self.channel_dropout = channel_dropout
@@ -132,7 +137,8 @@ class PatchSampler:
 
     def batch(self, step: int) -> Batch:
         rng = self._rng(step, 0)
-        sites = rng.choice(self.sites, size=self.batch_size, replace=self.batch_size > len(self.sites))
+        replace = self.batch_size > len(self.sites)
+        sites = rng.choice(self.sites, size=self.batch_size, replace=replace, p=self.site_p)
         picks = [int(rng.choice(self.by_site[int(s)])) for s in sites]
         pairs = [self.sample(i, rng) for i in picks]
         return Batch(
