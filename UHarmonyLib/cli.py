@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     dia.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json")
     dia.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_progress(dia)
+
+    from UHarmonyLib.commands.federated import add_federated_parsers
+
+    add_federated_parsers(verbs)
     return parser
 
 
@@ -184,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from UHarmonyLib.commands.diagnose import run_diagnose
 
             run_diagnose(args, reporter)
+        elif args.verb == "federated":
+            from UHarmonyLib.commands.federated import run_federated
+
+            run_federated(args, reporter)
         return 0
     except UHarmonyError as e:
         _fail(reporter, str(e))

@@ -1,0 +1,133 @@
+"""The federation's contract: what every node must agree on before a round can be averaged.
+
+It travels as Flower's run config (flat str/int/float values), so the server app, every
+site's ClientApp process and the simulation read the same settings from one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.nn.network import NetworkConfig, UHarmonyNet
+from UHarmonyLib.training.plan import KNOWN_COLORS, PALETTE
+
+# federated method -> network normalization: U-Harmony columns, plain FedAvg, FedBN-style local affine norms
+METHODS = {"uharmony": "uharmony", "fedavg": "instance", "fedbn": "dsbn"}
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Settings every node reads from the run config (Flower's `context.run_config`)."""
+
+    sites: str  # comma-separated site names; a site's index is its position
+    channels: str = "T1,T2,FLAIR"
+    labels: str = "lesion core,edema"
+    method: str = "uharmony"
+    strategy: str = "fedavg"
+    rounds: int = 3
+    local_steps: int = 20
+    lr: float = 2e-3
+    proximal_mu: float = 0.01
+    batch: int = 2
+    patch: int = 48
+    spacing: float = 3.0
+    filters: str = "16,32,64,128"
+    seed: int = 0
+    val_fraction: float = 0.2
+    min_sites: int = 0  # sites needed per round; 0: all of them
+    round_timeout: float = 900.0
+    name: str = "uharmony-federated"
+
+    def __post_init__(self) -> None:
+        if len(self.site_names) < 2 or len(set(self.site_names)) != len(self.site_names):
+            raise InputError(f"--sites {self.sites}: a federation needs two or more distinct site names")
+        if self.method not in METHODS:
+            raise InputError(f"--method {self.method}: unknown (use {', '.join(METHODS)})")
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"--strategy {self.strategy}: unknown (use {', '.join(STRATEGIES)})")
+        if min(self.rounds, self.local_steps, self.batch) < 1:
+            raise InputError("--rounds, --local-steps and --batch must be at least 1")
+        depth = len(self.filter_widths)
+        if self.patch % 2 ** (depth - 1) or self.patch < 2 ** (depth - 1):
+            raise InputError(f"--patch {self.patch}: must be a multiple of {2 ** (depth - 1)} for {depth} levels")
+        if not 0 <= self.min_sites <= len(self.site_names):
+            raise InputError(f"--min-sites {self.min_sites}: must be between 0 and {len(self.site_names)}")
+        if not self.lr > 0 or self.spacing <= 0:
+            raise InputError("--lr and --spacing must be positive")
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.strip() for s in self.sites.split(",") if s.strip()]
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c.strip() for c in self.channels.split(",") if c.strip()]
+
+    @property
+    def label_names(self) -> list[str]:
+        return [c.strip() for c in self.labels.split(",") if c.strip()]
+
+    @property
+    def filter_widths(self) -> tuple[int, ...]:
+        return tuple(int(f) for f in self.filters.split(","))
+
+    @property
+    def required_sites(self) -> int:
+        return self.min_sites or len(self.site_names)
+
+    def card_channels(self) -> list[dict[str, str]]:
+        return [{"name": c, "modality": "MR"} for c in self.channel_names]
+
+    def card_labels(self) -> list[dict[str, Any]]:
+        return [
+            {"value": k, "name": n, "color": KNOWN_COLORS.get(n, PALETTE[(k - 1) % len(PALETTE)])}
+            for k, n in enumerate(self.label_names, start=1)
+        ]
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"orientation": "RAS", "spacing": [self.spacing] * 3, "intensity": {"method": "zscore", "nonzero": True}}
+
+    def network(self, num_sites: int | None = None) -> UHarmonyNet:
+        """The federation's network, identical on every node (seeded), optionally for a subset of sites."""
+        torch.manual_seed(self.seed)
+        norm = METHODS[self.method]
+        return UHarmonyNet(
+            NetworkConfig(
+                in_channels=len(self.channel_names),
+                out_channels=len(self.label_names) + 1,
+                num_sites=num_sites or len(self.site_names),
+                norm=norm,
+                filters=self.filter_widths,
+                gated_heads=norm != "instance",
+            )
+        )
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> Federation:
+        """Read Flower's run config; unknown keys are ignored (Flower adds its own)."""
+        kinds = {f.name: str if f.name == "sites" else type(f.default) for f in fields(cls)}
+        values = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name in kinds:
+                try:
+                    values[name] = kinds[name](value)
+                except (TypeError, ValueError) as e:
+                    raise InputError(f"run config {key}={value!r}: not a {kinds[name].__name__}") from e
+        if "sites" not in values:
+            raise InputError("run config has no 'sites': the server must name the federation's sites")
+        return cls(**values)
+
+    def digest(self) -> str:
+        """Identifies the contract in a site's saved state, so a changed federation is not mixed up."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
