@@ -124,4 +124,3 @@ def test_a_site_outside_the_contract_is_refused(data: Path, tmp_path: Path) -> N
         SiteNode(Federation(**{**CONTRACT, "channels": "T1"}), data, "north", tmp_path)
     with pytest.raises(InputError, match="two or more distinct"):
         Federation(**{**CONTRACT, "sites": "north,north"})
-
