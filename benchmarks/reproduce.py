@@ -305,21 +305,27 @@ class Run:
         log(f"{name}: {steps} steps in {seconds:.0f} s ({per_step:.2f} s/step)", self.started)
 
     def score(self, model: Path | Bundle, tests: EvalSet, given: bool) -> tuple[dict[str, list[float]], float | None]:
-        """Whole-lesion Dice per test case by site (site named, or the gate deciding), and the gate's accuracy."""
-        bundle = model if isinstance(model, Bundle) else load_bundle(model, self.torch_device)
-        if bundle.channel_names != tests.channels or [lab["name"] for lab in bundle.labels] != tests.labels:
-            raise SystemExit(f"{bundle.path}: channels or labels differ from the test cases'")
-        dice: dict[str, list[float]] = {}
-        hits = []
-        for case in tests.cases:
-            site = case.site if given else "auto"
-            result = segment_volumes(bundle, case.images, site=site, device=self.torch_device)
-            pred = ~np.isin(sitk.GetArrayViewFromImage(result.labels), case.background)
-            d, _ = score_masks(pred, case.truth, result.labels.GetSpacing()[::-1])
-            dice.setdefault(case.site, []).extend([] if d is None else [d])
-            hits.append(float(result.gate.chosen == case.site))
-        gated = not given and bundle.config.norm == "uharmony"
-        return dice, (round(float(np.mean(hits)), 4) if gated else None)
+        return score_bundle(model, tests, given, self.torch_device)
+
+
+def score_bundle(
+    model: Path | Bundle, tests: EvalSet, given: bool, device: torch.device
+) -> tuple[dict[str, list[float]], float | None]:
+    """Whole-lesion Dice per test case by site (site named, or the gate deciding), and the gate's accuracy."""
+    bundle = model if isinstance(model, Bundle) else load_bundle(model, device)
+    if bundle.channel_names != tests.channels or [lab["name"] for lab in bundle.labels] != tests.labels:
+        raise SystemExit(f"{bundle.path}: channels or labels differ from the test cases'")
+    dice: dict[str, list[float]] = {}
+    hits = []
+    for case in tests.cases:
+        site = case.site if given else "auto"
+        result = segment_volumes(bundle, case.images, site=site, device=device)
+        pred = ~np.isin(sitk.GetArrayViewFromImage(result.labels), case.background)
+        d, _ = score_masks(pred, case.truth, result.labels.GetSpacing()[::-1])
+        dice.setdefault(case.site, []).extend([] if d is None else [d])
+        hits.append(float(result.gate.chosen == case.site))
+    gated = not given and bundle.config.norm == "uharmony"
+    return dice, (round(float(np.mean(hits)), 4) if gated else None)
 
 
 def fine_tune(run: Run, parent_path: Path, data: Path, out: Path) -> Path:
