@@ -557,7 +557,7 @@ def check_work(work: Path, settings: dict[str, Any]) -> None:
             raise SystemExit(f"{work}: made with other settings ({stamp}); choose another --work")
         return
     if work.is_dir() and any(work.iterdir()):
-        raise SystemExit(f"{work}: not empty and not a reproduce.py work folder; choose another --work")
+        raise SystemExit(f"{work}: not empty and not a benchmark work folder; choose another --work")
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stamp, json.dumps(settings, indent=2))
 

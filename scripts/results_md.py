@@ -3,8 +3,9 @@
 Usage: .venv/bin/python scripts/results_md.py
 
 One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
-its method table and the claims it tests, diagnose.json its confusion table; any other file gets a generic key / value
-table, so new benchmarks appear without changing this script.
+its method table and the claims it tests, diagnose.json its confusion table, adapt_or_harmonize.json a table per
+scenario with its winner and diagnose's advice; any other file gets a generic key / value table, so new benchmarks
+appear without changing this script.
 """
 
 from __future__ import annotations
@@ -200,7 +201,40 @@ def render_diagnose(doc: dict[str, Any]) -> list[str]:
     return [*out, "", *table(["context", "value"], [[k, doc.get(k)] for k in context if k in doc])]
 
 
+def render_adapt_or_harmonize(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/adapt_or_harmonize.py: per scenario, the four trainings, the winner and diagnose's advice."""
+    out = [
+        f"Harmonization method: `{doc.get('method')}`. The winner matches diagnose's recommendation when: harmonize "
+        "data → `harmonized`, personalize the model → `uharmony`, both → `both`, neither needed → all four means "
+        f"within {doc.get('settings', {}).get('neither_within', 0.02)} of each other."
+    ]
+    for name, scenario in doc.get("scenarios", {}).items():
+        body = [
+            [
+                f"`{r['config']}`",
+                r["norm"],
+                r["harmonize"] or "—",
+                f"{_dice(r['dice_mean'])} ± {_dice(r['dice_std'])} ({r.get('spread', 'seeds')})",
+                ", ".join(f"{site} {_dice(d)}" for site, d in r["per_site"].items()),
+            ]
+            for r in scenario.get("rows", [])
+        ]
+        validated = scenario.get("recommendation_validated")
+        out += ["", f"### {name}", ""]
+        out += table(["config", "norm", "harmonize", "whole-lesion Dice, mean ± spread", "per-site Dice"], body)
+        out += [
+            "",
+            f"Winner: `{scenario.get('winner')}`. Diagnose recommends **{scenario.get('recommendation')}** on this "
+            f"training data{f' (validate_diagnose.py: {validated})' if validated else ''}; "
+            f"matches: {'yes' if scenario.get('matches') else '**no**'}.",
+        ]
+    out += ["", *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])]
+    minutes = doc.get("seconds", 0) / 60
+    return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "inference.json": render_inference,
