@@ -93,7 +93,7 @@ for name in ("torch", "monai", "safetensors", "scipy", "psutil"):
 sys.path.insert(0, {str(MODULE_DIR)!r})
 import UHarmonySlicerLib.addsite, UHarmonySlicerLib.cohort, UHarmonySlicerLib.segment, UHarmonySlicerLib.dependencies
 from UHarmonySlicerLib.models import read_model
-info = read_model({str(REPO / "Resources" / "Models" / "uharmony-default-v2")!r})
+info = read_model({str(REPO / "Resources" / "Models" / "uharmony-default-v3")!r})
 print(info.verified, info.usable, ",".join(info.channel_names))
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -107,7 +107,7 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
     broken.mkdir(parents=True)
     (broken / "model.json").write_text("{ not json")
     models = discover(default_folders(user))
-    assert [m.path.name for m in models] == ["uharmony-default-v2", "uharmony-starter-v1", "broken-v1"]
+    assert [m.path.name for m in models] == ["uharmony-default-v3", "uharmony-starter-v1", "broken-v1"]
     default = models[0]
     assert default.usable and default.verified and default.channel_names == ["T1", "T2", "FLAIR"]
     summary = default.summary()

@@ -233,10 +233,32 @@ def render_adapt_or_harmonize(doc: dict[str, Any]) -> list[str]:
     return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
 
 
+def render_federated(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/federated.py: per-site Dice of each federated method and of centralized training, time per round."""
+    rows = doc.get("rows", [])
+    sites = list(dict.fromkeys(k for r in rows for k in r.get("per_site", {})))
+    body = [
+        [
+            f"`{r['method']}`",
+            _dice(r.get("dice_mean")),
+            "" if r.get("gap_to_centralized") is None else f"{r['gap_to_centralized']:+.3f}",
+            *[_dice(r["per_site"].get(s)) for s in sites],
+            r.get("seconds_per_round", ""),
+        ]
+        for r in rows
+    ]
+    out = table(["method", "mean Dice", "gap to centralized", *sites, "s / round"], body)
+    out += ["", f"Mean wall time per federated round: {doc.get('seconds_per_round')} s ({doc.get('runtime')})."]
+    out += ["", *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])]
+    minutes = doc.get("seconds", 0) / 60
+    return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
+    "federated.json": render_federated,
     "inference.json": render_inference,
     "reproduce.json": render_reproduce,
 }
