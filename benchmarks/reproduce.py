@@ -33,15 +33,15 @@ from UHarmonyLib.atomic import atomic_dir, check_writable, write_text_atomic
 from UHarmonyLib.bundle import Bundle, load_bundle, make_card, read_card, save_bundle
 from UHarmonyLib.data.datasets import DATASET_JSON, write_dataset
 from UHarmonyLib.data.spec import REALISTIC, SynthSpec, parse_spec, resolve_scenario
-from UHarmonyLib.device import autocast, resolve_device, resolve_precision
+from UHarmonyLib.device import resolve_device, resolve_precision
 from UHarmonyLib.inference import segment_volumes
 from UHarmonyLib.training import TrainConfig
 from UHarmonyLib.training.add_site import AddSiteConfig, add_site
 from UHarmonyLib.training.cases import load_case, prepare_case
-from UHarmonyLib.training.loop import segmentation_loss, train_run
-from UHarmonyLib.training.losses import MarginalDiceCELoss
+from UHarmonyLib.training.loop import train_run
 from UHarmonyLib.training.plan import plan_training
 from UHarmonyLib.training.sampling import PatchSampler
+from UHarmonyLib.training.steps import segmentation_steps
 from UHarmonyLib.training.validation import mean_defined, score_masks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,22 +344,11 @@ def fine_tune(run: Run, parent_path: Path, data: Path, out: Path) -> Path:
     )
     opt = torch.optim.AdamW(net.parameters(), lr=ADDSITE_LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ADDSITE_LR, total_steps=s.addsite_steps)
-    loss_fn = MarginalDiceCELoss()
-    weights = torch.zeros(s.batch_size, net.config.num_sites, device=device)  # the instance net has no site layers
-    dtype = resolve_precision("auto", device)
+    weights = torch.zeros(s.batch_size, net.config.num_sites)  # the instance net has no site layers
     net.requires_grad_(True)
-    net.train()
     started = time.perf_counter()
-    for step in range(1, s.addsite_steps + 1):
-        batch = sampler.batch(step)
-        batch.target = batch.target.to(device)
-        with autocast(device, dtype):
-            logits = net.segment(batch.image.to(device), weights)
-        loss = segmentation_loss(loss_fn, logits.float(), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    steps = range(1, s.addsite_steps + 1)
+    segmentation_steps(net, sampler, opt, weights, steps, device, resolve_precision("auto", device), sched)
     seconds = time.perf_counter() - started
     net.eval()
     card = make_card(

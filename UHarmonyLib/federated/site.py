@@ -29,10 +29,9 @@ from UHarmonyLib.nn.site_weights import one_hot_weights
 from UHarmonyLib.progress import Reporter
 from UHarmonyLib.training.add_site import fit_gate
 from UHarmonyLib.training.cases import LoadedCase, PlannedCase, load_case, prepare_case
-from UHarmonyLib.training.loop import segmentation_loss
-from UHarmonyLib.training.losses import MarginalDiceCELoss
 from UHarmonyLib.training.plan import Plan, Site, plan_training
 from UHarmonyLib.training.sampling import PatchSampler
+from UHarmonyLib.training.steps import segmentation_steps
 from UHarmonyLib.training.validation import evaluate
 
 ROWS_NAME = "local.safetensors"
@@ -155,22 +154,16 @@ class SiteNode:
         lr = c.lr * 0.5 * (1 + np.cos(np.pi * (server_round - 1) / c.rounds))  # cosine over the whole federation
         trainable = [p for n, p in params.items() if not n.startswith("gate.")]
         opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # no decay: other sites' rows stay untouched
-        loss_fn = MarginalDiceCELoss()
         weights = one_hot_weights(self.index, len(c.site_names), c.batch)
-        net.train()
-        losses = []
+
+        def proximal() -> torch.Tensor:
+            drift = sum(((params[n] - a) ** 2).sum() for n, a in anchors.items() if n in params)
+            return proximal_mu / 2 * drift
+
         start = time.perf_counter()
-        for k in range(1, c.local_steps + 1):
-            batch = sampler.batch((server_round - 1) * c.local_steps + k)
-            loss = segmentation_loss(loss_fn, net.segment(batch.image, weights[: len(batch.image)]).float(), batch)
-            if anchors:
-                loss = loss + proximal_mu / 2 * sum(
-                    ((params[n] - a) ** 2).sum() for n, a in anchors.items() if n in params
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        steps = range((server_round - 1) * c.local_steps + 1, server_round * c.local_steps + 1)
+        cpu = torch.device("cpu")
+        losses = segmentation_steps(net, sampler, opt, weights, steps, cpu, penalty=proximal if anchors else None)
         figures = {
             "train-loss": float(np.mean(losses)),
             "seconds": round(time.perf_counter() - start, 3),

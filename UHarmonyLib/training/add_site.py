@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from UHarmonyLib.bundle import DEFAULT_INFERENCE, Bundle, load_bundle, make_card, save_bundle
-from UHarmonyLib.device import autocast, resolve_device, resolve_precision
+from UHarmonyLib.device import resolve_device, resolve_precision
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.gate_bank import GateBank, build_bank, standardize
 from UHarmonyLib.nn import UHarmonyNet
@@ -31,10 +31,9 @@ from UHarmonyLib.nn.gate import DomainGate
 from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.training.cases import LoadedCase, PlannedCase, PreparedCase, load_case, prepare_case
 from UHarmonyLib.training.growth import grow, site_parameters
-from UHarmonyLib.training.loop import segmentation_loss
-from UHarmonyLib.training.losses import MarginalDiceCELoss
 from UHarmonyLib.training.plan import PALETTE, Plan, Site, plan_training
 from UHarmonyLib.training.sampling import PatchSampler
+from UHarmonyLib.training.steps import segmentation_steps
 from UHarmonyLib.training.validation import evaluate
 
 GATE_STEPS = 400
@@ -238,26 +237,18 @@ def _fine_tune(
     trainable = list(net.backbone.parameters()) if config.train_backbone else params
     opt = torch.optim.AdamW([p for p in trainable if p.requires_grad], lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps)
-    loss_fn = MarginalDiceCELoss()
-    weights = F.one_hot(torch.tensor([site] * config.batch_size), len(plan.sites)).float().to(device)
-    net.train()
+    weights = F.one_hot(torch.tensor([site] * config.batch_size), len(plan.sites)).float()
     start = time.perf_counter()
-    pending = []
-    for step in range(1, config.steps + 1):
-        batch = sampler.batch(step)
-        batch.target = batch.target.to(device)
-        with autocast(device, dtype):
-            logits = net.segment(batch.image.to(device), weights)
-        loss = segmentation_loss(loss_fn, logits.float(), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        pending.append(float(loss.detach()))
+    pending: list[float] = []
+
+    def report(step: int, loss: float) -> None:
+        pending.append(loss)
         reporter.progress("add-site", step, config.steps)
         if step % 10 == 0 or step == config.steps:
             reporter.log(f"step {step}/{config.steps} segmentation loss {np.mean(pending):.4f}")
-            pending = []
+            pending.clear()
+
+    segmentation_steps(net, sampler, opt, weights, range(1, config.steps + 1), device, dtype, sched, on_step=report)
     net.requires_grad_(False)
     return time.perf_counter() - start
 
