@@ -24,6 +24,7 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.split import load_shared, load_site_rows, shared_state, site_rows
 from UHarmonyLib.gate_bank import GateBank, build_bank
+from UHarmonyLib.nn.gate import DomainGate
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.nn.site_weights import one_hot_weights
 from UHarmonyLib.progress import Reporter
@@ -176,7 +177,7 @@ class SiteNode:
         """Scanner signatures of this site's training windows: the only description of its images that leaves."""
         pre = self.contract.preprocessing()
         images = [prepare_case(self.loaded[i], pre, self.patch, self.plan.channels).image for i in self.own.train]
-        gate = self.contract.network().gate
+        gate = DomainGate(len(self.contract.channel_names), len(self.contract.site_names))  # signatures need no weights
         return build_bank(gate, images, [self.index] * len(images), self.patch, float(DEFAULT_INFERENCE["overlap"]))
 
     def published_rows(self) -> dict[str, torch.Tensor]:
