@@ -256,6 +256,7 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
+    "adapt_or_harmonize_300steps.json": render_adapt_or_harmonize,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "federated.json": render_federated,
