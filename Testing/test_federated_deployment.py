@@ -1,8 +1,9 @@
 """A real Flower deployment on 127.0.0.1: `uharmony federated server` and three `federated site` processes.
 
-Each site has its own small synthetic dataset. The first run is plain: it checks what
-reached the server and that each site's bundle segments its own cases. The second runs
-with TLS and site keys made in the test, and one site is killed during round 2. Rounds
+Each site has its own small synthetic dataset. The first run is without TLS (and with
+Flower's server-side differential privacy on): it checks what reached the server and that
+each site's bundle segments its own cases. The second runs with TLS and site keys made
+in the test, and one site is killed during round 2. Rounds
 are tiny: in a deployment every message starts a fresh ClientApp process.
 """
 
@@ -104,8 +105,9 @@ def test_deployment_keeps_site_rows_home_and_each_site_gets_a_working_bundle(
 ) -> None:
     port = free_port()
     server_log = tmp_path / "server.log"
+    dp = ["--dp-noise", "0.001", "--dp-clip", "100"]
     server = _start("federated", "server", *CONTRACT, "--rounds", 2, "--out", tmp_path / "server",
-                    "--address", f"127.0.0.1:{port}", log=server_log)  # fmt: skip
+                    "--address", f"127.0.0.1:{port}", *dp, log=server_log)  # fmt: skip
     processes.append(server)
     _wait_port(port, server, server_log)
     for name, data in site_data.items():
@@ -117,6 +119,8 @@ def test_deployment_keeps_site_rows_home_and_each_site_gets_a_working_bundle(
 
     record = json.loads((tmp_path / "server" / "server.json").read_text())
     assert record["status"] == "finished"
+    run_log = (tmp_path / "server" / "run.log").read_text(errors="replace")
+    assert "central DP noise" in run_log  # Flower's server-side DP wrapper clipped and noised each round
     assert [(r["round"], r["sites"]) for r in record["rounds"]] == [(1, 3), (2, 3)]
     net = Federation(sites="north,south,east", channels="T1,FLAIR", patch=32, spacing=4.0, filters="4,8,16").network()
     shared, local = set(shared_names(net)), set(site_tensor_names(net))
