@@ -65,6 +65,8 @@ def contract_from_args(args: argparse.Namespace) -> Federation:
 
 def add_federated_parsers(verbs: Any) -> None:
     """`uharmony federated server|site|simulate|certs`."""
+    from UHarmonyLib.cli import _add_progress  # the one --progress option of every verb
+
     fed = verbs.add_parser("federated", help="train across hospitals that cannot pool images (Flower)")
     sub = fed.add_subparsers(dest="action", required=True)
 
@@ -92,16 +94,12 @@ def add_federated_parsers(verbs: Any) -> None:
     sim.add_argument("--data", required=True, type=Path, action="append", metavar="DATASET_JSON",
                      help="one dataset for all sites, or one per site in --sites order")  # fmt: skip
     sim.add_argument("--out", required=True, type=Path, metavar="DIR", help="server/ and sites/<name>/")
-    _progress(sim)
+    _add_progress(sim)
 
     certs = sub.add_parser("certs", help="a trial CA, SuperLink certificate and site keys")
     certs.add_argument("--out", required=True, type=Path, metavar="CERTS")
     certs.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (127.0.0.1)")
     certs.add_argument("--site", action="append", default=[], help="write an authentication key pair for this site")
-
-
-def _progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=["bar", "json"], default="bar", help="json: one JSON event per line")
 
 
 def run_federated(args: argparse.Namespace, reporter: Reporter) -> None:
