@@ -16,6 +16,8 @@ from slicer_helpers import MODULE_DIR, REPO
 from UHarmonySlicerLib import dependencies, engine
 from UHarmonySlicerLib.models import default_folders, discover, next_version_folder, read_model
 
+from UHarmonyLib.resources import DEFAULT_MODEL_NAME
+
 ENGINE_DIR = REPO / "UHarmonyLib"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
@@ -93,7 +95,7 @@ for name in ("torch", "monai", "safetensors", "scipy", "psutil"):
 sys.path.insert(0, {str(MODULE_DIR)!r})
 import UHarmonySlicerLib.addsite, UHarmonySlicerLib.cohort, UHarmonySlicerLib.segment, UHarmonySlicerLib.dependencies
 from UHarmonySlicerLib.models import read_model
-info = read_model({str(REPO / "Resources" / "Models" / "uharmony-default-v3")!r})
+info = read_model({str(REPO / "Resources" / "Models" / DEFAULT_MODEL_NAME)!r})
 print(info.verified, info.usable, ",".join(info.channel_names))
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -107,7 +109,7 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
     broken.mkdir(parents=True)
     (broken / "model.json").write_text("{ not json")
     models = discover(default_folders(user))
-    assert [m.path.name for m in models] == ["uharmony-default-v3", "uharmony-starter-v1", "broken-v1"]
+    assert [m.path.name for m in models] == [DEFAULT_MODEL_NAME, "uharmony-starter-v1", "broken-v1"]
     default = models[0]
     assert default.usable and default.verified and default.channel_names == ["T1", "T2", "FLAIR"]
     summary = default.summary()
@@ -115,8 +117,9 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
         assert part in summary
     assert not models[2].usable and "not valid JSON" in models[2].problem
     assert "cannot be used" in models[2].summary() and "(unusable)" in models[2].display_name
-    (user / "uharmony-default-v3").mkdir()  # a half-written folder still takes its version number
-    assert next_version_folder(default, default_folders(user)[:1], user) == user / "uharmony-default-v4"
+    name, version = DEFAULT_MODEL_NAME.rsplit("-v", 1)
+    (user / DEFAULT_MODEL_NAME).mkdir()  # a half-written folder still takes its version number
+    assert next_version_folder(default, default_folders(user)[:1], user) == user / f"{name}-v{int(version) + 1}"
     assert read_model(tmp_path / "nowhere").problem.endswith("model bundle not found")
 
 
