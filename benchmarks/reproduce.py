@@ -139,7 +139,7 @@ QUICK = Settings(
     swin_steps=2,
 )
 COSTS = {  # measured while other jobs shared the 2 cores; an idle CPU is faster
-    "full": Cost(synth_case=0.8, step=0.27, swin_step=7.2, test_case=2.0, swin_test_case=25.0, model=4.0),
+    "full": Cost(synth_case=0.8, step=0.27, swin_step=7.2, test_case=2.0, swin_test_case=33.0, model=4.0),
     "quick": Cost(synth_case=0.3, step=0.12, swin_step=12.0, test_case=0.3, swin_test_case=3.5, model=2.5),
 }
 
