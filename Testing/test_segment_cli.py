@@ -23,10 +23,11 @@ def _events(run: CliRun) -> list[dict[str, Any]]:
     return events
 
 
-def _check_progress(events: list[dict[str, Any]], stages: set[str], windows: int) -> None:
+def _check_progress(events: list[dict[str, Any]], totals: dict[str, int]) -> None:
+    """Each stage counts strictly up to its expected total (the segment stage: windows x mirrored passes)."""
     progress = [e for e in events if e["event"] == "progress"]
-    assert {e["stage"] for e in progress} == stages
-    for stage in stages:
+    assert {e["stage"] for e in progress} == set(totals)
+    for stage, windows in totals.items():
         steps = [e for e in progress if e["stage"] == stage]
         for e in steps:
             assert 0 < e["done"] <= e["total"]
@@ -53,7 +54,8 @@ def test_json_stream_real_process(case: Path, tiny_bundle: Path, tmp_path: Path)
     assert not any(e["event"] == "error" for e in events)
     result = events[-1]
     assert result["windows"] > 1
-    _check_progress(events, {"gate", "segment"}, result["windows"])
+    assert result["passes"] == 4  # the card's default mirroring: as is, then flipped along each of 3 axes
+    _check_progress(events, {"gate": result["windows"], "segment": result["windows"] * 4})
     assert result["outputs"] == {"segmentation": str(out)}
     assert result["gate"]["windows"] == result["windows"]
     # the reported lesion volumes are the label counts times the voxel volume
@@ -66,14 +68,15 @@ def test_json_stream_real_process(case: Path, tiny_bundle: Path, tmp_path: Path)
 
 
 def test_json_stream_with_named_site(case: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    """With --site the gate stage is skipped; the segment stage still counts up to the result's windows."""
+    """With --site the gate stage is skipped; with --no-mirror the segment stage is one pass over the windows."""
+    out = tmp_path / "s.nrrd"
     run = run_main(
-        "segment", "--model", tiny_bundle, case, "--out", tmp_path / "s.nrrd", "--site", "gamma", "--progress", "json"
+        "segment", "--model", tiny_bundle, case, "--out", out, "--site", "gamma", "--progress", "json", "--no-mirror"
     )
     assert run.code == 0, run.stderr
     events = _events(run)
-    assert events[-1]["event"] == "result"
-    _check_progress(events, {"segment"}, events[-1]["windows"])
+    assert events[-1]["event"] == "result" and events[-1]["passes"] == 1
+    _check_progress(events, {"segment": events[-1]["windows"]})
     assert events[-1]["gate"]["site_given"] is True
 
 

@@ -139,9 +139,19 @@ def test_segment_end_to_end(scene, two_channel_model, case) -> None:
     # progress followed the real window counts of both passes
     progress = [e for e in events if e["event"] == "progress"]
     last = {e["stage"]: e for e in progress}
-    assert last["segment"]["done"] == last["segment"]["total"] == payload["windows"]
+    assert payload["passes"] == 4  # test-time mirroring is on unless the panel's box is unticked
+    assert last["segment"]["done"] == last["segment"]["total"] == payload["windows"] * payload["passes"]
     assert last["gate"]["total"] == payload["gate"]["windows"]
     assert job.temp is not None and not job.temp.exists()
+
+
+def test_unticked_mirroring_runs_one_pass(scene, model, case) -> None:
+    """The panel's mirroring box reaches the engine: one segmentation pass, progress counting the windows once."""
+    events: list[dict] = []
+    payload = segment_job(scene, model, [case], device="cpu", mirror=False, on_event=events.append).run(TIMEOUT).payload
+    assert payload["passes"] == 1
+    segment = [e for e in events if e["event"] == "progress" and e["stage"] == "segment"]
+    assert segment[-1]["total"] == payload["windows"]
 
 
 # ---------------------------------------------------------------- add a site

@@ -34,12 +34,17 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "spacing": [1.0, 1.0, 1.0],
     "intensity": {"method": "zscore", "nonzero": True},
 }
+# Training flips every patch along these model-space axes (RandFlipd), so a trained model is
+# indifferent to them and inference may average over mirrored copies (test-time mirroring).
+# A card lists its own; a card without the key predates it and was trained with all three.
+MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
 DEFAULT_INFERENCE: dict[str, Any] = {
     "patch_size": [96, 96, 96],
     "overlap": 0.5,
     "blend": "gaussian",
     "batch_size": 1,
     "familiar_entropy": 0.5,
+    "mirror_axes": list(MIRROR_AXES),
 }
 
 
@@ -230,6 +235,11 @@ def _validate_card(card: dict[str, Any], path: Path) -> None:
     need(
         all(isinstance(p, int) and p % step == 0 and p >= smallest for p in patch),
         f"patch_size {patch} must be multiples of {step}, at least {smallest}, for this {cfg.backbone}",
+    )
+    mirror = card["inference"].get("mirror_axes", list(MIRROR_AXES))
+    need(
+        isinstance(mirror, list) and len(set(mirror)) == len(mirror) and all(a in (0, 1, 2) for a in mirror),
+        f"inference mirror_axes {mirror!r} must list distinct axes among 0, 1, 2",
     )
     spacing = card["preprocessing"].get("spacing")
     need(isinstance(spacing, list) and len(spacing) == 3 and all(s > 0 for s in spacing), "spacing must be 3 positives")

@@ -114,15 +114,22 @@ def _gate_fields(decision: GateDecision) -> dict[str, Any]:
 
 
 def score_cases(
-    bundle: Bundle, mapped: MappedDataset, site_mode: str, device: torch.device, reporter: Reporter
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    bundle: Bundle,
+    mapped: MappedDataset,
+    site_mode: str,
+    device: torch.device,
+    reporter: Reporter,
+    mirror: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Segment and score every case (one in memory at a time); returns the rows and the device/precision used."""
     rows = []
-    run = {"device": str(device), "precision": ""}
+    run: dict[str, Any] = {"device": str(device), "precision": "", "passes": 1}
     for i, (case, groups) in enumerate(zip(mapped.cases, mapped.groups)):
         site = mapped.plan.sites[case.site].name
         loaded = load_case(case, len(bundle.channel_names))
-        result = segment_volumes(bundle, loaded.images, site=site if site_mode == "given" else "auto", device=device)
+        result = segment_volumes(
+            bundle, loaded.images, site=site if site_mode == "given" else "auto", device=device, mirror=mirror
+        )
         pred = sitk.GetArrayViewFromImage(result.labels)
         scores = score_case(pred, groups, case.label_names, loaded.groups_zyx, result.labels.GetSpacing()[::-1])
         rows.append(
@@ -134,7 +141,7 @@ def score_cases(
                 "hd95_mm": {k: _round(h, 3) for k, (_, h) in scores.items()},
             }
         )
-        run = {"device": result.device, "precision": result.precision}
+        run = {"device": result.device, "precision": result.precision, "passes": result.passes}
         reporter.progress("evaluate", i + 1, len(mapped.cases))
     return rows, run
 
@@ -171,10 +178,15 @@ def summarize(rows: list[dict[str, Any]], sites: list[str], model_sites: list[st
 
 
 def evaluate_dataset(
-    bundle: Bundle, mapped: MappedDataset, site_mode: str, device: torch.device, reporter: Reporter
+    bundle: Bundle,
+    mapped: MappedDataset,
+    site_mode: str,
+    device: torch.device,
+    reporter: Reporter,
+    mirror: bool = True,
 ) -> dict[str, Any]:
     """The report body: dataset, per-case rows, per-site summaries and the gate's confusion."""
-    rows, run = score_cases(bundle, mapped, site_mode, device, reporter)
+    rows, run = score_cases(bundle, mapped, site_mode, device, reporter, mirror)
     dataset = mapped.plan.datasets[0]
     site_given = site_mode == "given"
     return {

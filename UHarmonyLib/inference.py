@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
 
-from UHarmonyLib.bundle import Bundle
+from UHarmonyLib.bundle import MIRROR_AXES, Bundle
 from UHarmonyLib.device import autocast, resolve_precision
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.gate import GateDecision, aggregate, given_site
@@ -33,6 +33,7 @@ class SegmentationResult:
     probabilities: sitk.Image | None = None
     gate_map: sitk.Image | None = None
     windows: int = 0
+    passes: int = 1
     device: str = "cpu"
     precision: str = "float32"
     seconds: dict[str, float] = field(default_factory=dict)
@@ -73,7 +74,15 @@ class GatePass:
 class _Engine:
     """Runs the two passes on one device and precision."""
 
-    def __init__(self, bundle: Bundle, device: torch.device, dtype: torch.dtype, batch: int, reporter: Reporter):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch: int,
+        reporter: Reporter,
+        mirror: bool = True,
+    ):
         self.bundle = bundle
         self.net = bundle.net.to(device)
         self.device = device
@@ -82,6 +91,8 @@ class _Engine:
         self.reporter = reporter
         self.roi = tuple(int(r) for r in bundle.inference["patch_size"])
         self.overlap = float(bundle.inference["overlap"])
+        axes = bundle.inference.get("mirror_axes", MIRROR_AXES) if mirror else ()
+        self.flips: list[tuple[int, ...]] = [(), *((2 + int(a),) for a in axes)]
 
     def gate_pass(self, x: torch.Tensor) -> GatePass:
         """Per-window site probabilities, signatures and foreground weights over the whole volume."""
@@ -118,28 +129,44 @@ class _Engine:
         )
 
     def segment_pass(self, x: torch.Tensor, site_weights: torch.Tensor, total: int) -> torch.Tensor:
-        """Stitched class scores (1, K, x, y, z) in float32 on the CPU."""
+        """Stitched class scores (1, K, x, y, z) in float32 on the CPU; their softmax is the class probability.
+
+        With test-time mirroring the volume is also segmented flipped along each axis the
+        training augmentation flipped, and the probabilities are averaged (as nnU-Net does):
+        a flip costs one more pass and smooths out orientation-specific mistakes on small
+        lesions. The log of the mean probability keeps the contract: softmax gives it back.
+        """
         done = 0
         w = site_weights.to(self.device)
+        passes = len(self.flips)
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             nonlocal done
             with autocast(self.device, self.dtype):
                 out = self.net.segment(patch, w.expand(patch.shape[0], -1))
             done += patch.shape[0]
-            self.reporter.progress("segment", min(done, total), total)
+            self.reporter.progress("segment", min(done, total * passes), total * passes)
             return out.float()
 
-        return sliding_window_inference(
-            x,
-            roi_size=self.roi,
-            sw_batch_size=self.batch,
-            predictor=predictor,
-            overlap=self.overlap,
-            mode=self.bundle.inference.get("blend", "gaussian"),
-            sw_device=self.device,
-            device=torch.device("cpu"),
-        )
+        def stitched(volume: torch.Tensor) -> torch.Tensor:
+            return sliding_window_inference(
+                volume,
+                roi_size=self.roi,
+                sw_batch_size=self.batch,
+                predictor=predictor,
+                overlap=self.overlap,
+                mode=self.bundle.inference.get("blend", "gaussian"),
+                sw_device=self.device,
+                device=torch.device("cpu"),
+            )
+
+        if passes == 1:
+            return stitched(x)
+        mean = torch.zeros(())
+        for dims in self.flips:
+            probs = torch.softmax(stitched(torch.flip(x, dims) if dims else x), dim=1)
+            mean = mean + (torch.flip(probs, dims) if dims else probs)
+        return torch.log((mean / passes).clamp_min(1e-12))
 
 
 def _gate_map(
@@ -193,9 +220,14 @@ def segment_volumes(
     precision: str = "auto",
     want_probabilities: bool = False,
     want_gate_map: bool = False,
+    mirror: bool = True,
     reporter: Reporter | None = None,
 ) -> SegmentationResult:
-    """Segment one case given as SimpleITK images (one per model channel, same grid)."""
+    """Segment one case given as SimpleITK images (one per model channel, same grid).
+
+    `mirror=False` skips the card's test-time mirroring: one segmentation pass instead of
+    one per mirrored axis, for speed (training validation, large benchmark tables).
+    """
     reporter = reporter or SilentReporter()
     device = device or torch.device("cpu")
     check_site(bundle, site)
@@ -212,7 +244,7 @@ def segment_volumes(
         attempts += [(torch.device("cpu"), 1)]
     for i, (dev, size) in enumerate(attempts):
         dtype = resolve_precision(precision if dev == device else "auto", dev)
-        engine = _Engine(bundle, dev, dtype, size, reporter)
+        engine = _Engine(bundle, dev, dtype, size, reporter, mirror)
         try:
             decision, scores, gate_map, total, seconds = _run(engine, x, site, want_gate_map)
             break
@@ -246,6 +278,7 @@ def segment_volumes(
         probabilities=probabilities,
         gate_map=gate_img,
         windows=total,
+        passes=len(engine.flips),
         device=str(engine.device),
         precision=str(engine.dtype).replace("torch.", ""),
         seconds=seconds,

@@ -81,6 +81,7 @@ class UHarmonySlicerParameterNode:
     channelVolumes: list[Optional[vtkMRMLScalarVolumeNode]]  # noqa: UP045
     site: str = "auto"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    mirror: bool = True
     gateSegmentation: vtkMRMLSegmentationNode
     showGateMap: bool = False
     newSiteName: str
@@ -354,10 +355,13 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def makeJob():
             volumes = [c.currentNode() for c in self._channelCombos]
             return segment_job(slicer.mrmlScene, self.currentModel(), volumes, site=p.site, device=p.device,
-                               on_event=lambda e: self.showProgress(self.ui.progressBar, e))  # fmt: skip
+                               mirror=p.mirror, on_event=self.onSegmentEvent)  # fmt: skip
 
         if self.startJob(makeJob, self.ui.applyButton, self.onSegmentDone):
             self.ui.statusLabel.text = _("Running...")
+
+    def onSegmentEvent(self, event: dict) -> None:
+        self.showProgress(self.ui.progressBar, event)
 
     def onSegmentDone(self, result) -> None:
         gate = result.gate
@@ -500,7 +504,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cases = cases_from_volumes(scene_volumes(slicer.mrmlScene), model.channel_names)
             output = p.cohortOutputFolder if str(p.cohortOutputFolder).strip(". ") else None
             return cohort_job(slicer.mrmlScene, model, cases, site=p.site, device=p.device, output_folder=output,
-                              on_event=self.onCohortEvent)  # fmt: skip
+                              mirror=p.mirror, on_event=self.onCohortEvent)  # fmt: skip
 
         self.startJob(makeJob, self.ui.cohortRunButton, self.onCohortDone)
 
@@ -687,7 +691,7 @@ class UHarmonySlicerTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(sum(probabilities), 1.0, places=4)
         self.assertIs(result.segmentation.GetNodeReference(TABLE_ROLE), result.gate_table)
         windows = [e for e in events if e["event"] == "progress" and e["stage"] == "segment"]
-        self.assertEqual(windows[-1]["total"], result.payload["windows"])
+        self.assertEqual(windows[-1]["total"], result.payload["windows"] * result.payload["passes"])
 
     def test_refusal_adds_nothing(self) -> None:
         model = self.tinyModel()

@@ -105,7 +105,8 @@ def fit(work: Path, name: str, data: Path, norm: str, method: str | None, s: Set
 def score(model: Path, tests: Path, device: torch.device) -> tuple[dict[str, list[float]], float | None]:
     """Whole-lesion Dice per test case by site, as `uharmony evaluate --site auto` scores it; the gate's accuracy."""
     bundle = load_bundle(model, device)
-    body = evaluate_dataset(bundle, map_dataset(bundle, tests, "auto"), "auto", device, SilentReporter())
+    # One pass (no test-time mirroring): the comparison is between training recipes, alike for all.
+    body = evaluate_dataset(bundle, map_dataset(bundle, tests, "auto"), "auto", device, SilentReporter(), mirror=False)
     dice: dict[str, list[float]] = {}
     for case in body["cases"]:
         d = case["dice"].get(WHOLE)

@@ -121,7 +121,8 @@ def cli_run(bundle: Path, image: Path, out: Path, precision: str = "auto") -> di
     """One `uharmony segment --progress json` in a fresh process: its result event, wall time and peak RSS."""
     exe = Path(sys.executable).with_name("uharmony")
     cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "UHarmonyLib"]
-    args = ["segment", "--model", str(bundle), str(image), "--out", str(out), "--progress", "json"]
+    # one pass (--no-mirror): the MONAI baseline and the bare forward times cover the windows once
+    args = ["segment", "--model", str(bundle), str(image), "--out", str(out), "--progress", "json", "--no-mirror"]
     child = run_child([*cli, *args, *(["--precision", precision] if precision != "auto" else [])])
     events = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     result = next(e for e in events if e["event"] == "result")

@@ -46,6 +46,7 @@ def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
         gate_map=args.out / "sample_gate_map.seg.nrrd",
         probabilities=None,
         harmonize=None,
+        no_mirror=False,
     )
     payload = run_segment(seg_args, reporter, emit_result=False)
     labels = read_card(seg_args.model)["labels"]

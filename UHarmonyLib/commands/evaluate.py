@@ -121,7 +121,7 @@ def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     if args.out.resolve() == mapped.file:
         raise InputError(f"{args.out}: the report would overwrite the dataset file")
     reporter.log(f"model {bundle.label_text}: {len(mapped.cases)} cases from {mapped.file}; device {device}")
-    body = evaluate_dataset(bundle, mapped, args.site, device, reporter)
+    body = evaluate_dataset(bundle, mapped, args.site, device, reporter, mirror=not args.no_mirror)
     report = {
         "model": {"name": bundle.card["name"], "version": bundle.card["version"], "path": str(bundle.path.resolve())},
         "command": command_line(args),

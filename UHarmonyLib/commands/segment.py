@@ -103,6 +103,7 @@ def result_payload(bundle: Bundle, result: SegmentationResult, written: dict[str
         "volumes_ml": result.label_volumes_ml(bundle.labels),
         "outputs": written,
         "windows": result.windows,
+        "passes": result.passes,
         "device": result.device,
         "precision": result.precision,
         "seconds": round(seconds, 3),
@@ -127,6 +128,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
         precision=args.precision,
         want_probabilities=args.probabilities is not None,
         want_gate_map=args.gate_map is not None,
+        mirror=not args.no_mirror,
         reporter=reporter,
     )
     written = write_outputs(args, bundle, result)
@@ -137,6 +139,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
         print(describe_gate(result.gate))
         vols = ", ".join(f"{k} {v:.2f} ml" for k, v in payload["volumes_ml"].items())
         print(f"Lesion volumes: {vols}")
-        run = f"{result.windows} windows, {result.device} {result.precision}, {payload['seconds']:.1f} s"
+        passes = f" x {result.passes} mirrored passes" if result.passes > 1 else ""
+        run = f"{result.windows} windows{passes}, {result.device} {result.precision}, {payload['seconds']:.1f} s"
         print(f"Wrote {args.out} ({run})")
     return payload

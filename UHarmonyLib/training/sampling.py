@@ -29,6 +29,7 @@ from monai.transforms import (
     RandScaleIntensityd,
 )
 
+from UHarmonyLib.bundle import MIRROR_AXES
 from UHarmonyLib.training.cases import PreparedCase
 
 
@@ -105,9 +106,7 @@ class PatchSampler:
         )
         self.augment = Compose(
             [
-                RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
-                RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),
-                RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
+                *(RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=a) for a in MIRROR_AXES),
                 RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
                 RandForegroundShiftd(keys="image", offsets=0.1, prob=0.5),
             ]

@@ -101,6 +101,7 @@ def evaluate(
                 site=site if net.config.site_required else "auto",
                 device=device,
                 precision=precision,
+                mirror=False,  # one pass: validation runs often; the ranking of checkpoints is what counts
             )
             pred = sitk.GetArrayViewFromImage(result.labels)
             spacing = result.labels.GetSpacing()[::-1]

@@ -123,6 +123,7 @@ def cohort_job(
     output_folder: Path | None = None,
     name: str = "UHarmony cohort",
     on_event: EventCallback | None = None,
+    mirror: bool = True,
 ) -> Job:
     """A job that segments every case and adds one results table at the end (a cancelled run adds nothing).
 
@@ -154,7 +155,7 @@ def cohort_job(
             folder = Path(output_folder) if output_folder is not None else temp
             out = folder / f"{UNSAFE.sub('_', case.name)}.seg.nrrd"
             try:
-                outcome = yield engine_command("segment", *segment_arguments(model, inputs, out, site, device))
+                outcome = yield engine_command("segment", *segment_arguments(model, inputs, out, site, device, mirror))
             except EngineError as e:
                 rows.append({"case": case.name, "status": str(e)})
                 continue

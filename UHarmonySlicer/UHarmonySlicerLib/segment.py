@@ -46,7 +46,9 @@ def check_model(model: ModelInfo, site: str) -> None:
         raise InputRefused(f"The model does not know the site '{site}'; it knows {', '.join(model.site_names)}.")
 
 
-def segment_arguments(model: ModelInfo, inputs: Sequence[Path | str], out: Path, site: str, device: str) -> list[str]:
+def segment_arguments(
+    model: ModelInfo, inputs: Sequence[Path | str], out: Path, site: str, device: str, mirror: bool = True
+) -> list[str]:
     """The `uharmony segment` arguments for one case (the cohort run uses them too)."""
     return [
         "--model",
@@ -58,6 +60,7 @@ def segment_arguments(model: ModelInfo, inputs: Sequence[Path | str], out: Path,
         site,
         "--device",
         device,
+        *([] if mirror else ["--no-mirror"]),
     ]
 
 
@@ -70,6 +73,7 @@ def segment_job(
     gate_map: bool = True,
     name: str = "",
     on_event: EventCallback | None = None,
+    mirror: bool = True,
 ) -> Job:
     """A job that segments one case; refused inputs raise `InputRefused` here, before it starts.
 
@@ -85,7 +89,7 @@ def segment_job(
     def steps(temp: Path) -> Steps:
         inputs = [ABSENT if v is None else export_volume(v, temp / f"channel_{i}.nrrd") for i, v in enumerate(volumes)]
         labels = temp / "labels.nrrd"
-        args = segment_arguments(model, inputs, labels, site, device)
+        args = segment_arguments(model, inputs, labels, site, device, mirror)
         map_path = temp / "gate_map.seg.nrrd" if gate_map and site == "auto" else None
         if map_path is not None:
             args += ["--gate-map", str(map_path)]
