@@ -134,7 +134,8 @@ class _Engine:
         With test-time mirroring the volume is also segmented flipped along each axis the
         training augmentation flipped, and the probabilities are averaged (as nnU-Net does):
         a flip costs one more pass and smooths out orientation-specific mistakes on small
-        lesions. The log of the mean probability keeps the contract: softmax gives it back.
+        lesions. The log of the mean probability keeps the contract: softmax gives it back,
+        and a class no pass gives any probability (a new label at an old site) stays at 0.
         """
         done = 0
         w = site_weights.to(self.device)
@@ -166,7 +167,7 @@ class _Engine:
         for dims in self.flips:
             probs = torch.softmax(stitched(torch.flip(x, dims) if dims else x), dim=1)
             mean = mean + (torch.flip(probs, dims) if dims else probs)
-        return torch.log((mean / passes).clamp_min(1e-12))
+        return torch.log(mean / passes)
 
 
 def _gate_map(
