@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from UHarmonyLib.bundle import load_bundle
 from UHarmonyLib.nn.gate import FEATURES_PER_CHANNEL, scanner_signature
+from UHarmonyLib.nn.harmony import HarmonyNorm
 from UHarmonyLib.training import MarginalDiceCELoss, TrainConfig, marginal_probabilities, train
 from UHarmonyLib.training.cases import load_case, prepare_case
 from UHarmonyLib.training.checkpoint import checkpoints, load_checkpoint
@@ -368,3 +369,19 @@ def test_site_weights_tilt_the_draw_and_bad_weights_are_refused(mixed: Path, eas
         )
     )
     assert "--site-weight solo=3" in _card(bundle)["provenance"]["command"]
+
+
+def test_restore_degree_reaches_the_network_and_bad_degrees_are_refused(easy: Path, tmp_path: Path) -> None:
+    """--restore-degree sets the cubic (or other) site polynomial below full resolution; the card records it."""
+    for value in ("0", "6"):
+        run = run_main("train", "--data", easy, "--out", tmp_path / "d", "--steps", 1, "--restore-degree", value)
+        assert run.code == 2 and "--restore-degree" in assert_one_line_error(run), (value, run)
+    bundle = train(
+        TrainConfig(data=[easy], out=tmp_path / "linear", steps=1, restore_degree=1, val_fraction=0.0, **TINY)
+    )
+    card = _card(bundle)
+    assert card["architecture"]["degree"] == 1 and "--restore-degree 1" in card["provenance"]["command"]
+    net = load_bundle(bundle).net
+    assert {m.degree for m in net.modules() if isinstance(m, HarmonyNorm)} == {1}
+    cubic = load_bundle(train(TrainConfig(data=[easy], out=tmp_path / "cubic", steps=1, val_fraction=0.0, **TINY))).net
+    assert {m.degree for m in cubic.modules() if isinstance(m, HarmonyNorm)} == {1, 3}

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="model grid in mm (default: cases' median)")
     tr.add_argument("--filters", type=int, nargs="+", metavar="F", help="DynUNet widths (16 32 64 128 256)")
     tr.add_argument("--feature-size", type=int, default=12, help="SwinUNETR feature size (12)")
+    tr.add_argument(
+        "--restore-degree",
+        type=int,
+        default=3,
+        metavar="N",
+        help="uharmony: degree of the site-specific restore polynomial below full resolution (1-5; 3)",
+    )
     tr.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: 5 times)")
     tr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of each site with >= 3 cases")
     tr.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (50)")

@@ -273,6 +273,7 @@ class Run:
         seed: int = 0,
         backbone: str = "dynunet",
         steps: int | None = None,
+        restore_degree: int = 3,
     ) -> Path:
         """Train a bundle with the library's `train` (or reuse a finished one of that name)."""
         out = self.models / name
@@ -287,6 +288,7 @@ class Run:
             norm=norm,
             filters=s.filters,
             feature_size=s.feature_size,
+            restore_degree=restore_degree,
             steps=steps or (s.swin_steps if swin else s.steps),
             patch=(s.swin_patch if swin else s.patch,),
             batch_size=s.batch_size,
@@ -408,6 +410,7 @@ def row(
         "dice_std": dice_std,
         "spread": spread,
         "seeds": list(seeds),
+        "seed_means": seed_means,
         "per_site": {site: mean_defined([p[site] for p in per_seed]) for site in sites},
         "steps": steps,
     }

@@ -4,8 +4,8 @@ Usage: .venv/bin/python scripts/results_md.py
 
 One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
 its method table and the claims it tests, diagnose.json its confusion table, adapt_or_harmonize.json a table per
-scenario with its winner and diagnose's advice; any other file gets a generic key / value table, so new benchmarks
-appear without changing this script.
+scenario with its winner and diagnose's advice, restore_degree.json its paired gains; any other file gets a generic
+key / value table, so new benchmarks appear without changing this script.
 """
 
 from __future__ import annotations
@@ -139,20 +139,27 @@ def reproduce_goals(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return [[goal, value, "yes" if met else "**no**"] for goal, value, met in goals]
 
 
-def render_reproduce(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/reproduce.py's table: whole-lesion Dice per method, then the claims it tests, met or missed."""
-    rows = doc.get("rows", [])
+def method_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Whole-lesion Dice per method: mean ± spread, the per-seed means where recorded, per site."""
     body = [
         [
             f"`{r['method']}`",
             r["backbone"],
             ", ".join(map(str, r["seeds"])),
             f"{_dice(r['dice_mean'])} ± {_dice(r['dice_std'])} ({r['spread']})",
+            ", ".join(_dice(m) for m in r.get("seed_means", [])),
             ", ".join(f"{site} {_dice(d)}" for site, d in r["per_site"].items()),
         ]
         for r in rows
     ]
-    out = table(["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", "per-site Dice"], body)
+    head = ["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", "per seed", "per-site Dice"]
+    return table(head, body)
+
+
+def render_reproduce(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/reproduce.py's table: whole-lesion Dice per method, then the claims it tests, met or missed."""
+    rows = doc.get("rows", [])
+    out = method_table(rows)
     out += ["", "Goals (met or missed, from the numbers above):", ""]
     out += table(["goal", "value", "met"], reproduce_goals(rows))
     out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])], ""]
@@ -160,6 +167,26 @@ def render_reproduce(doc: dict[str, Any]) -> list[str]:
     minutes = doc.get("seconds", 0) / 60
     out += ["", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
     return out
+
+
+def render_restore_degree(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/restore_degree.py: linear against cubic restore, and each one's paired gain over InstanceNorm."""
+    out = method_table(doc.get("rows", []))
+    gains = [
+        [
+            f"`{g['method']}` − `{g['against']}`",
+            ", ".join(f"{v:+.3f}" for v in g["per_seed"]),
+            f"{g['mean']:+.3f} ± {g['std']:.3f}",
+            f"≥ +{g['goal']:.2f}",
+            "yes" if g["met"] else "**no**",
+        ]
+        for g in doc.get("paired_gain", [])
+    ]
+    out += ["", "Paired gain over joint training with InstanceNorm (same seed, same sampler draws):", ""]
+    out += table(["difference", "per seed", "mean ± sd", "goal", "met"], gains)
+    out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])]]
+    minutes = doc.get("seconds", 0) / 60
+    return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min (reused models not retrained)."]
 
 
 def render_default_model(doc: dict[str, Any]) -> list[str]:
@@ -262,6 +289,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "federated.json": render_federated,
     "inference.json": render_inference,
     "reproduce.json": render_reproduce,
+    "restore_degree.json": render_restore_degree,
 }
 
 

@@ -43,6 +43,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         backbone=args.backbone,
         norm=args.norm,
         feature_size=args.feature_size,
+        restore_degree=args.restore_degree,
         steps=args.steps,
         epochs=args.epochs,
         patch=tuple(args.patch),

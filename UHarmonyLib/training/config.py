@@ -31,6 +31,7 @@ class TrainConfig:
     norm: str = "uharmony"
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     feature_size: int = 12
+    restore_degree: int = 3  # U-Harmony's restore polynomial below full resolution (full resolution: linear)
     steps: int | None = None
     epochs: int | None = None
     patch: tuple[int, int, int] = (64, 64, 64)
@@ -114,6 +115,8 @@ class TrainConfig:
                 if self.backbone == "dynunet"
                 else f"--patch {' '.join(map(str, self.patch))}: swinunetr needs multiples of 32, at least 64"
             )
+        if isinstance(self.restore_degree, bool) or self.restore_degree not in range(1, 6):
+            raise InputError(f"--restore-degree must be a whole number from 1 to 5, got {self.restore_degree}")
         if self.batch_size < 1:
             raise InputError(f"--batch must be at least 1, got {self.batch_size}")
         if not self.lr > 0:

@@ -46,6 +46,7 @@ OPTIONAL_FLAGS = (
     ("--val-every", "val_every"),
     ("--val-fraction", "val_fraction"),
     ("--channel-dropout", "channel_dropout"),
+    ("--restore-degree", "restore_degree"),
     ("--harmonize", "harmonize"),
 )
 
@@ -88,6 +89,7 @@ def _network(config: TrainConfig, plan: Plan) -> UHarmonyNet:
             norm=config.norm,
             filters=config.filters,
             feature_size=config.feature_size,
+            degree=config.restore_degree,
             gated_heads=config.norm != "instance",  # the instance baseline is plain joint training
         )
     )
