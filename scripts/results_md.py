@@ -140,20 +140,21 @@ def reproduce_goals(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def method_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Whole-lesion Dice per method: mean ± spread, the per-seed means where recorded, per site."""
+    """Whole-lesion Dice per method: mean ± spread, the per-seed means (where the run recorded them), per site."""
+    seeded = any("seed_means" in r for r in rows)
     body = [
         [
             f"`{r['method']}`",
             r["backbone"],
             ", ".join(map(str, r["seeds"])),
             f"{_dice(r['dice_mean'])} ± {_dice(r['dice_std'])} ({r['spread']})",
-            ", ".join(_dice(m) for m in r.get("seed_means", [])),
+            *([", ".join(_dice(m) for m in r.get("seed_means", []))] if seeded else []),
             ", ".join(f"{site} {_dice(d)}" for site, d in r["per_site"].items()),
         ]
         for r in rows
     ]
-    head = ["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", "per seed", "per-site Dice"]
-    return table(head, body)
+    head = ["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", *(["per seed"] if seeded else [])]
+    return table([*head, "per-site Dice"], body)
 
 
 def render_reproduce(doc: dict[str, Any]) -> list[str]:
