@@ -385,3 +385,20 @@ def test_restore_degree_reaches_the_network_and_bad_degrees_are_refused(easy: Pa
     assert {m.degree for m in net.modules() if isinstance(m, HarmonyNorm)} == {1}
     cubic = load_bundle(train(TrainConfig(data=[easy], out=tmp_path / "cubic", steps=1, val_fraction=0.0, **TINY))).net
     assert {m.degree for m in cubic.modules() if isinstance(m, HarmonyNorm)} == {1, 3}
+
+
+def test_site_params_train_shared_rows_and_bundles_store_plain_ones(mixed: Path, tmp_path: Path) -> None:
+    """Residual site rows (the default) train as shared + offset but the bundle holds plain per-site rows."""
+    run = run_main("train", "--data", mixed, "--out", tmp_path / "x", "--steps", 1, "--site-params", "pooled")
+    assert run.code == 2 and "--site-params pooled" in assert_one_line_error(run), run
+    bundles = {
+        kind: train(TrainConfig(data=[mixed], out=tmp_path / kind, steps=3, site_params=kind, val_fraction=0.0, **TINY))
+        for kind in ("residual", "independent")
+    }
+    states = {kind: load_file(str(b / "model.safetensors")) for kind, b in bundles.items()}
+    assert set(states["residual"]) == set(states["independent"])
+    assert not any("parametrizations" in k for k in states["residual"])
+    assert "--site-params" not in _card(bundles["residual"])["provenance"]["command"]
+    assert "--site-params independent" in _card(bundles["independent"])["provenance"]["command"]
+    assert states["residual"]["backbone.output_block.conv.conv.weight"].shape[0] == 4  # one head row per site
+    assert load_bundle(bundles["residual"]).config.num_sites == 4

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="uharmony: degree of the site-specific restore polynomial below full resolution (1-5; 3)",
     )
+    tr.add_argument(
+        "--site-params",
+        default="residual",
+        metavar="residual|independent",
+        help="site rows trained as a shared value plus a site offset (default), or each on its own",
+    )
     tr.add_argument("--val-every", type=int, default=0, metavar="N", help="validate every N steps (0: 5 times)")
     tr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of each site with >= 3 cases")
     tr.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (50)")

@@ -44,6 +44,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         norm=args.norm,
         feature_size=args.feature_size,
         restore_degree=args.restore_degree,
+        site_params=args.site_params,
         steps=args.steps,
         epochs=args.epochs,
         patch=tuple(args.patch),

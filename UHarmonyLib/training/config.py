@@ -15,6 +15,7 @@ from typing import Any
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.harmonize import METHODS
 from UHarmonyLib.nn.network import BACKBONES, NORMS
+from UHarmonyLib.training.site_sharing import SITE_PARAMS
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
 RUNTIME_FIELDS = ("resume", "device", "command", "log_every", "checkpoint_every")
@@ -32,6 +33,7 @@ class TrainConfig:
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     feature_size: int = 12
     restore_degree: int = 3  # U-Harmony's restore polynomial below full resolution (full resolution: linear)
+    site_params: str = "residual"  # site rows trained as shared + offset, or "independent" (site_sharing.py)
     steps: int | None = None
     epochs: int | None = None
     patch: tuple[int, int, int] = (64, 64, 64)
@@ -117,6 +119,8 @@ class TrainConfig:
             )
         if isinstance(self.restore_degree, bool) or self.restore_degree not in range(1, 6):
             raise InputError(f"--restore-degree must be a whole number from 1 to 5, got {self.restore_degree}")
+        if self.site_params not in SITE_PARAMS:
+            raise InputError(f"--site-params {self.site_params}: unknown (use {', '.join(SITE_PARAMS)})")
         if self.batch_size < 1:
             raise InputError(f"--batch must be at least 1, got {self.batch_size}")
         if not self.lr > 0:

@@ -37,6 +37,7 @@ from UHarmonyLib.training.harmonization import fit_on_cases
 from UHarmonyLib.training.losses import MarginalDiceCELoss
 from UHarmonyLib.training.plan import Plan, plan_training
 from UHarmonyLib.training.sampling import Batch, PatchSampler
+from UHarmonyLib.training.site_sharing import fold_site_rows, share_site_rows
 from UHarmonyLib.training.validation import evaluate
 
 INTENSITY = {"method": "zscore", "nonzero": True}
@@ -47,6 +48,7 @@ OPTIONAL_FLAGS = (
     ("--val-fraction", "val_fraction"),
     ("--channel-dropout", "channel_dropout"),
     ("--restore-degree", "restore_degree"),
+    ("--site-params", "site_params"),
     ("--harmonize", "harmonize"),
 )
 
@@ -79,8 +81,9 @@ def _load(plan: Plan, config: TrainConfig) -> tuple[dict[int, LoadedCase], dict[
 
 
 def _network(config: TrainConfig, plan: Plan) -> UHarmonyNet:
+    """The network to train; with residual site parameters, its site rows are shared + offset until saved."""
     torch.manual_seed(config.seed)
-    return UHarmonyNet(
+    net = UHarmonyNet(
         NetworkConfig(
             in_channels=len(plan.channels),
             out_channels=len(plan.labels) + 1,
@@ -93,6 +96,9 @@ def _network(config: TrainConfig, plan: Plan) -> UHarmonyNet:
             gated_heads=config.norm != "instance",  # the instance baseline is plain joint training
         )
     )
+    if config.site_params == "residual":
+        share_site_rows(net)
+    return net
 
 
 def _card(
@@ -178,7 +184,7 @@ class Trainer:
         if unknown is not None:
             raise InputError(f"--site-weight {unknown}: no such site in the data (sites: {', '.join(names)})")
         self.device = resolve_device(config.device)
-        self.dtype = resolve_precision(config.precision, self.device)
+        self.dtype = resolve_precision(config.precision, self.device, config.backbone)
         self.precision = str(self.dtype).replace("torch.", "")
         train_ids, val_ids = self.plan.train_cases(), self.plan.val_cases()
         self.total = config.total_steps(len(train_ids))
@@ -392,6 +398,7 @@ class Trainer:
         cfg = self.config
         if self.best_state is not None:
             _load_state(self.net, {k: v.to(self.device) for k, v in self.best_state.items()}, cfg.work_dir)
+        fold_site_rows(self.net)
         if self.best:
             metrics = {
                 "selected_step": self.best["step"],
