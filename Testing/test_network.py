@@ -9,6 +9,7 @@ from conftest import TINY_ARCH, tiny_net
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
+from UHarmonyLib.device import cpu_has_bf16, resolve_precision
 from UHarmonyLib.nn import DomainGate, GatedHead, HarmonyNorm, NetworkConfig, SiteConditioned, UHarmonyNet
 from UHarmonyLib.nn.gate import DETAIL_BINS, FEATURES_PER_CHANNEL, INTENSITY_BINS, scanner_signature
 from UHarmonyLib.nn.site_weights import one_hot_weights
@@ -222,3 +223,11 @@ def test_config_without_full_res_degree_keeps_one_degree_everywhere() -> None:
         if k != "full_res_degree"
     }
     assert NetworkConfig.from_dict(old).full_res_degree == old["degree"]
+
+
+def test_auto_precision_keeps_swinunetr_in_float32_on_cpus() -> None:
+    """bfloat16 autocast runs SwinUNETR's norms in bfloat16 (NaN weights within steps) and is slower there."""
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, "swinunetr") == torch.float32
+    assert resolve_precision("auto", cpu, "dynunet") == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert resolve_precision("bfloat16", cpu, "swinunetr") == torch.bfloat16  # an explicit choice is kept

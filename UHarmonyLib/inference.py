@@ -244,7 +244,7 @@ def segment_volumes(
         attempts += [(device, 1)] if batch > 1 else []
         attempts += [(torch.device("cpu"), 1)]
     for i, (dev, size) in enumerate(attempts):
-        dtype = resolve_precision(precision if dev == device else "auto", dev)
+        dtype = resolve_precision(precision if dev == device else "auto", dev, bundle.config.backbone)
         engine = _Engine(bundle, dev, dtype, size, reporter, mirror)
         try:
             decision, scores, gate_map, total, seconds = _run(engine, x, site, want_gate_map)

@@ -152,7 +152,7 @@ def add_site(config: AddSiteConfig, reporter: Reporter | None = None) -> dict[st
     _refuse_early(config, parent)
     plan = _plan(config, parent)
     device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
+    dtype = resolve_precision(config.precision, device, parent.config.backbone)
     precision = str(dtype).replace("torch.", "")
     patch = tuple(int(p) for p in parent.inference["patch_size"])
     loaded = {i: load_case(c, len(parent.channel_names)) for i, c in enumerate(plan.cases)}
