@@ -117,11 +117,11 @@ FULL = Settings(
     filters=(8, 16, 32, 64),
     patch=48,
     batch_size=2,
-    steps=900,
-    addsite_steps=450,
+    steps=1800,
+    addsite_steps=900,
     seeds=(0, 1, 2),
     swin_patch=64,
-    swin_steps=60,
+    swin_steps=120,
 )
 QUICK = Settings(
     spacing=4.0,
@@ -138,8 +138,8 @@ QUICK = Settings(
     swin_patch=64,
     swin_steps=2,
 )
-COSTS = {  # measured while other jobs shared the 2 cores; an idle CPU is faster
-    "full": Cost(synth_case=0.8, step=0.27, swin_step=7.2, test_case=2.0, swin_test_case=33.0, model=4.0),
+COSTS = {  # full: the 70-minute run of 2026-12-01 on 2 threads (swin in float32); quick: 1 thread
+    "full": Cost(synth_case=0.35, step=0.15, swin_step=3.3, test_case=1.05, swin_test_case=12.6, model=4.0),
     "quick": Cost(synth_case=0.3, step=0.12, swin_step=12.0, test_case=0.3, swin_test_case=3.5, model=2.5),
 }
 
@@ -274,6 +274,7 @@ class Run:
         backbone: str = "dynunet",
         steps: int | None = None,
         restore_degree: int = 3,
+        site_params: str = "residual",
     ) -> Path:
         """Train a bundle with the library's `train` (or reuse a finished one of that name)."""
         out = self.models / name
@@ -289,6 +290,7 @@ class Run:
             filters=s.filters,
             feature_size=s.feature_size,
             restore_degree=restore_degree,
+            site_params=site_params,
             steps=steps or (s.swin_steps if swin else s.steps),
             patch=(s.swin_patch if swin else s.patch,),
             batch_size=s.batch_size,
@@ -336,6 +338,29 @@ def score_bundle(
         hits.append(float(result.gate.chosen == case.site))
     gated = not given and bundle.config.norm == "uharmony"
     return dice, (round(float(np.mean(hits)), 4) if gated else None)
+
+
+def grow_site(run: Run, parent: Path, out: Path, train_backbone: bool = False) -> Path:
+    """The held-out site added to a U-Harmony model by the library's `add_site` (or the bundle reused)."""
+    if run.reused(out):
+        return out
+    s = run.settings
+    config = AddSiteConfig(
+        model=parent,
+        data=run.data["heldout-train"],
+        site=HELDOUT,
+        out=out,
+        steps=s.addsite_steps,
+        train_backbone=train_backbone,
+        lr=ADDSITE_LR,
+        batch_size=s.batch_size,
+        val_fraction=0.0,  # all of the site's few cases train; its test cases score
+        device=run.device,
+    )
+    seconds = add_site(config)["seconds"]
+    tuning = read_card(out)["provenance"]["train_seconds"]
+    run.record(out.name, s.addsite_steps, seconds, round(tuning / s.addsite_steps, 4))
+    return out
 
 
 def fine_tune(run: Run, parent_path: Path, data: Path, out: Path) -> Path:
@@ -446,7 +471,7 @@ def baseline_rows(run: Run) -> list[dict[str, Any]]:
     for site in sites:
         model = run.fit(f"separate-{site}", [run.data[site]], "instance", steps=s.steps // len(sites))
         separate.update(run.score(model, tests.only(site), given=False)[0])
-    dsbn = run.fit("dynunet-dsbn-s0", [run.data["train"]], "dsbn")
+    dsbn = run.fit("dynunet-dsbn-s0", [run.data["train"]], "dsbn", site_params="independent")  # as DSBN has it
     rows = [
         row("separate", "dynunet", [0], [separate], s.steps),
         row("joint_dsbn_given", "dynunet", [0], [run.score(dsbn, tests, given=True)[0]], s.steps),
@@ -458,22 +483,7 @@ def baseline_rows(run: Run) -> list[dict[str, Any]]:
 def addsite_rows(run: Run, plain: Path, harmony: Path) -> list[dict[str, Any]]:
     """The held-out site added three ways; each scored on its test cases with the gate deciding."""
     s, data, tests = run.settings, run.data["heldout-train"], run.tests["heldout-test"]
-    grown = run.models / "addsite-uharmony"
-    if not run.reused(grown):
-        config = AddSiteConfig(
-            model=harmony,
-            data=data,
-            site=HELDOUT,
-            out=grown,
-            steps=s.addsite_steps,
-            lr=ADDSITE_LR,
-            batch_size=s.batch_size,
-            val_fraction=0.0,  # all of the site's few cases train; its test cases score
-            device=run.device,
-        )
-        seconds = add_site(config)["seconds"]
-        tuning = read_card(grown)["provenance"]["train_seconds"]
-        run.record(grown.name, s.addsite_steps, seconds, round(tuning / s.addsite_steps, 4))
+    grown = grow_site(run, harmony, run.models / "addsite-uharmony")
     tuned = fine_tune(run, plain, data, run.models / "addsite-finetune-instance")
     scratch = run.fit("addsite-scratch", [data], "instance")
     added, gate = run.score(grown, tests, given=False)
@@ -516,6 +526,9 @@ def notes(s: Settings, backbones: Sequence[str]) -> list[str]:
         "site's cases, then over sites; per_site and dice_mean average over seeds.",
         "dice_std: sample standard deviation of the per-seed site means ('seeds'); with one seed, of the site means "
         "('sites'); with one seed and one site, of the case Dice values ('cases').",
+        "uharmony: cubic restore below full resolution, site rows trained as shared + offset (--site-params "
+        "residual); joint_dsbn_given: a per-site affine in every norm layer and per-site heads, each site's rows "
+        "trained on their own (--site-params independent), as DSBN's per-domain branches are.",
         "*_given rows name each case's true site; uharmony_gated scores the same models with site 'auto' (the "
         "gate decides); joint_instance and separate have no site layers (site 'auto', the gate is unused).",
         f"add-site: held-out site {HELDOUT} with {s.heldout_train} training cases. addsite_uharmony: add_site on the "
@@ -531,7 +544,7 @@ def document(
     run: Run, rows: list[dict[str, Any]], threads: int, seconds: float, backbones: Sequence[str]
 ) -> dict[str, Any]:
     s = run.settings
-    precision = str(resolve_precision("auto", run.torch_device)).replace("torch.", "")
+    precision = {b: str(resolve_precision("auto", run.torch_device, b)).replace("torch.", "") for b in BACKBONES}
     settings = {
         **asdict(s),
         "training_sites": list(dict.fromkeys(c.site for c in run.tests["test"].cases)),
