@@ -41,10 +41,10 @@ def _fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
-def _quick(script: str, out: Path, work: Path) -> dict[str, Any]:
+def _quick(script: str, out: Path, work: Path, *extra: str) -> dict[str, Any]:
     """One benchmark script's --quick run in a fresh process on one thread; its JSON document."""
     proc = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out), "--work", str(work)],
+        [sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out), "--work", str(work), *extra],
         cwd=REPO, capture_output=True, encoding="utf-8", timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,24 +79,49 @@ def test_quick_run_writes_every_row_and_renders_them(quick_table: tuple[dict[str
     assert all(f"`{m}`" in markdown for m in DYNUNET) and "swinunetr" in markdown
 
 
-def test_restore_degree_reuses_the_table_and_trains_only_the_linear_models(
+def test_ablation_reuses_the_table_and_pairs_a_variant_seed_by_seed(
     quick_table: tuple[dict[str, Any], Path], tmp_path: Path
 ) -> None:
-    """benchmarks/restore_degree.py --quick on a reproduce.py work folder: pairs seed by seed, reuses its models."""
+    """benchmarks/ablation.py --quick on a reproduce.py work folder: trains only the variant asked for (the others
+    share its code path), pairs seed by seed, and keeps only the contrasts whose rows were run."""
     table, work = quick_table
-    doc = _quick("restore_degree.py", tmp_path / "restore_degree.json", work)
+    doc = _quick("ablation.py", tmp_path / "ablation.json", work, "--variants", "uharmony_independent")
     rows = {r["method"]: r for r in doc["rows"]}
-    assert set(rows) == {"joint_instance", "uharmony_given", "uharmony_gated", "uharmony_linear_given",
-                         "uharmony_linear_gated"}  # fmt: skip
+    table_methods = {"joint_instance", "uharmony_given", "uharmony_gated"}
+    assert set(rows) == table_methods | {"uharmony_independent_given", "uharmony_independent_gated"}
     # the table's models were scored again on the same cases: the same figures
     for r in table["rows"]:
         if r["backbone"] == "dynunet" and r["method"] in rows:
             assert rows[r["method"]]["seed_means"] == r["seed_means"], r["method"]
     trained = {m["model"] for m in doc["models"] if not m.get("reused")}
-    assert trained == {"dynunet-uharmony-linear-s0", "dynunet-uharmony-linear-s1"}
-    card = json.loads((work / "models" / "dynunet-uharmony-linear-s0" / "model.json").read_text(encoding="utf-8"))
-    assert card["architecture"]["degree"] == 1
+    assert trained == {
+        "dynunet-uharmony-independent-s0",
+        "dynunet-uharmony-independent-s1",
+        "addsite-uharmony-backbone",
+    }
+    card = json.loads((work / "models" / "dynunet-uharmony-independent-s0" / "model.json").read_text(encoding="utf-8"))
+    assert card["architecture"]["degree"] == 3 and "--site-params independent" in card["provenance"]["command"]
+    assert [(p["method"], p["against"]) for p in doc["paired_gain"]] == [
+        ("uharmony_gated", "joint_instance"),
+        ("uharmony_independent_gated", "joint_instance"),
+        ("uharmony_gated", "uharmony_independent_gated"),
+    ]
     for p in doc["paired_gain"]:
-        base, own = rows["joint_instance"]["seed_means"], rows[p["method"]]["seed_means"]
+        base, own = rows[p["against"]]["seed_means"], rows[p["method"]]["seed_means"]
         assert p["per_seed"] == [round(a - b, 4) for a, b in zip(own, base)]
-        assert p["met"] == (p["mean"] >= 0.02)
+        assert p["wins"] == sum(g > 0 for g in p["per_seed"])
+        assert ("met" in p) == (p["against"] == "joint_instance")
+        if "met" in p:
+            assert p["met"] == (p["mean"] >= 0.02)
+    added = {r["method"]: r for r in doc["addsite_rows"]}
+    methods = ["addsite_uharmony", "addsite_uharmony_backbone", "addsite_finetune_instance", "addsite_scratch"]
+    assert list(added) == methods and all(set(r["per_site"]) == {"hospital-e"} for r in added.values())
+    table_rows = {r["method"]: r for r in table["rows"] if r["backbone"] == "dynunet"}
+    for method in ("addsite_uharmony", "addsite_finetune_instance", "addsite_scratch"):  # reused, so the same
+        assert added[method]["dice_mean"] == table_rows[method]["dice_mean"], method
+    old = {o["method"]: o for o in doc["addsite_old_sites"]}
+    assert list(old) == methods and "change" not in old["addsite_scratch"]
+    for o in old.values():
+        assert set(o["per_site_after"]) == TRAINING_SITES and _fraction(o["old_sites_after"])
+        if "change" in o:
+            assert o["change"] == round(o["old_sites_after"] - o["old_sites_before"], 4)

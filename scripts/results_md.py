@@ -4,7 +4,7 @@ Usage: .venv/bin/python scripts/results_md.py
 
 One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
 its method table and the claims it tests, diagnose.json its confusion table, adapt_or_harmonize.json a table per
-scenario with its winner and diagnose's advice, restore_degree.json its paired gains; any other file gets a generic
+scenario with its winner and diagnose's advice, ablation.json its paired differences; any other file gets a generic
 key / value table, so new benchmarks appear without changing this script.
 """
 
@@ -170,21 +170,38 @@ def render_reproduce(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_restore_degree(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/restore_degree.py: linear against cubic restore, and each one's paired gain over InstanceNorm."""
-    out = method_table(doc.get("rows", []))
+def render_ablation(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/ablation.py: U-Harmony's variants, and each design choice's effect as a paired difference."""
+    variants = [[f"`{k}`", v.get("restore_degree"), v.get("site_params")] for k, v in doc.get("variants", {}).items()]
+    out = table(["variant", "restore degree", "site rows"], variants)
+    out += ["", *method_table(doc.get("rows", []))]
     gains = [
         [
             f"`{g['method']}` − `{g['against']}`",
+            g.get("meaning", ""),
             ", ".join(f"{v:+.3f}" for v in g["per_seed"]),
             f"{g['mean']:+.3f} ± {g['std']:.3f}",
-            f"≥ +{g['goal']:.2f}",
-            "yes" if g["met"] else "**no**",
+            f"{g.get('wins', '')} of {len(g['per_seed'])}",
+            (f"≥ +{g['goal']:.2f}: " + ("yes" if g["met"] else "**no**")) if "goal" in g else "",
         ]
         for g in doc.get("paired_gain", [])
     ]
-    out += ["", "Paired gain over joint training with InstanceNorm (same seed, same sampler draws):", ""]
-    out += table(["difference", "per seed", "mean ± sd", "goal", "met"], gains)
+    out += ["", "Paired differences (same seed, same sampler draws):", ""]
+    out += table(["difference", "what it measures", "per seed", "mean ± sd", "seeds won", "goal"], gains)
+    added = {r["method"]: r for r in doc.get("addsite_rows", [])}
+    old = [
+        [
+            f"`{o['method']}`",
+            _dice(added[o["method"]]["dice_mean"]) if o["method"] in added else "",
+            _dice(o["old_sites_before"]) if "old_sites_before" in o else "—",
+            _dice(o["old_sites_after"]),
+            f"{o['change']:+.3f}" if "change" in o else "—",
+        ]
+        for o in doc.get("addsite_old_sites", [])
+    ]
+    if old:
+        out += ["", "Adding the held-out site: its Dice, and the old sites' Dice before and after (gate deciding):", ""]
+        out += table(["method", "new site", "old sites before", "old sites after", "change"], old)
     out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
     return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min (reused models not retrained)."]
@@ -290,7 +307,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "federated.json": render_federated,
     "inference.json": render_inference,
     "reproduce.json": render_reproduce,
-    "restore_degree.json": render_restore_degree,
+    "ablation.json": render_ablation,
 }
 
 
