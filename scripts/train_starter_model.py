@@ -1,6 +1,7 @@
 """Train the small starter model shipped in Resources/Models.
 
-This is a stand-in until the project's full training command exists: three synthetic
+A FLAIR-only model small and fast enough for the test suite and the inference benchmark
+(the default model, scripts/train_default_model.sh, takes 45 min): three synthetic
 sites that differ in appearance, a U-Harmony DynUNet trained for a few minutes on the
 CPU with the site known (one-hot site weights) while the domain gate learns to name
 the site, so that at inference the gate drives the harmony layers.
