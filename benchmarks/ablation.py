@@ -44,7 +44,6 @@ from reproduce import (
 )
 
 from UHarmonyLib.atomic import check_writable, write_text_atomic
-from UHarmonyLib.training.validation import mean_defined
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.02  # the reproduction issue's goal for gated U-Harmony over joint InstanceNorm
@@ -80,23 +79,26 @@ def variant_rows(run: Run, names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def addsite_rows(run: Run, plain: Path, harmony: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def addsite_rows(
+    run: Run, plain: Path, harmony: Path, joint: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """add-site with the backbone frozen (the table's) or trained, beside the table's alternatives: the new
-    site's Dice, and what adding it did to the old sites' Dice (the same test cases before and after)."""
+    site's Dice, and what adding it did to the old sites' Dice (the same test cases before and after). The
+    parents are the first seed's models of `joint`, whose rows already hold their old-site Dice."""
     s, tests, new_tests = run.settings, run.tests["test"], run.tests["heldout-test"]
-    models = {
-        "addsite_uharmony": (grow_site(run, harmony, run.models / "addsite-uharmony"), harmony),
+    models = {  # method -> (model, the row of its parent)
+        "addsite_uharmony": (grow_site(run, harmony, run.models / "addsite-uharmony"), "uharmony_gated"),
         "addsite_uharmony_backbone": (
             grow_site(run, harmony, run.models / "addsite-uharmony-backbone", train_backbone=True),
-            harmony,
+            "uharmony_gated",
         ),
         "addsite_finetune_instance": (
             fine_tune(run, plain, run.data["heldout-train"], run.models / "addsite-finetune-instance"),
-            plain,
+            "joint_instance",
         ),
         "addsite_scratch": (run.fit("addsite-scratch", [run.data["heldout-train"]], "instance"), None),
     }
-    before = {parent: run.score(parent, tests, given=False)[0] for parent in {harmony, plain}}
+    before = {r["method"]: r["seed_means"][0] for r in joint}
     rows, old = [], []
     for method, (model, parent) in models.items():
         new_site, gate = run.score(model, new_tests, given=False)
@@ -105,7 +107,7 @@ def addsite_rows(run: Run, plain: Path, harmony: Path) -> tuple[list[dict[str, A
         after = row(method, "dynunet", [0], [run.score(model, tests, given=False)[0]], steps)
         entry = {"method": method, "old_sites_after": after["dice_mean"], "per_site_after": after["per_site"]}
         if parent is not None:
-            base = mean_defined([mean_defined(v) for v in before[parent].values()])
+            base = before[parent]
             entry.update(old_sites_before=base, change=round(after["dice_mean"] - base, 4))
         old.append(entry)
     log("add-site rows done", run.started)
@@ -158,7 +160,7 @@ def main() -> int:
         run.tests["heldout-test"] = load_tests(run.data["heldout-test"])
         joint, plain, harmony = joint_rows(run, "dynunet", settings.seeds)
         rows = joint + variant_rows(run, args.variants)
-        added, old_sites = addsite_rows(run, plain, harmony)
+        added, old_sites = addsite_rows(run, plain, harmony, joint)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the bundled default model: the `mixed` synthetic scenario (4 sites, one
 # T2-less, one FLAIR-less, one T1-only and one whole-lesion-only site), 16 cases per
-# site at 2 mm, then U-Harmony DynUNet training on the CPU (both cores, ~55 min; site
+# site at 2 mm, then U-Harmony DynUNet training on the CPU (both cores, ~45 min; site
 # rows trained as shared + offset, the default). The hardest sites (hospital-b: small
 # deep lesions on 4 mm slices, no FLAIR; hospital-d: T1 only) are drawn twice as often
 # as the others.
