@@ -19,8 +19,11 @@ import SimpleITK as sitk
 import torch
 
 from UHarmonyLib import cli
-from UHarmonyLib.bundle import make_card, save_bundle
-from UHarmonyLib.nn import GatedHead, HarmonyNorm, NetworkConfig, UHarmonyNet
+from UHarmonyLib.model.weights import make_card, save_bundle
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.nn.heads import GatedHead
+from UHarmonyLib.nn.network import UHarmonyNet
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 slicer-core carries Slicer's compiled MRML and module logic but not the application,
 so `slicer.mrmlScene` and `slicer.modules` are set up here the way Slicer sets them up
-(see ../shared/notes/slicer-core.md). Nothing is mocked: every node is a real MRML node.
+(slicer-core is Slicer's MRML library on PyPI, run headless). Nothing is mocked: every node is a real MRML node.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import assert_one_line_error, run_main
 
-from UHarmonyLib.bundle import load_bundle
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig, train
 
 PARENT_SPEC = {

@@ -20,19 +20,10 @@ from conftest import (
     tiny_net,
 )
 
-from UHarmonyLib import bundle as bundle_mod
-from UHarmonyLib.bundle import (
-    CARD_NAME,
-    FORMAT_VERSION,
-    WEIGHTS_NAME,
-    load_bundle,
-    make_card,
-    read_card,
-    save_bundle,
-    unique_state,
-)
 from UHarmonyLib.errors import BundleError, InputError
-from UHarmonyLib.nn import one_hot_weights
+from UHarmonyLib.model.card import CARD_NAME, FORMAT_VERSION, WEIGHTS_NAME, card_digest, read_card
+from UHarmonyLib.model.weights import load_bundle, make_card, save_bundle, unique_state
+from UHarmonyLib.nn.site_weights import one_hot_weights
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -45,7 +36,7 @@ def _edit_card(path: Path, edit: Callable[[dict], None], rehash: bool) -> None:
     card = json.loads((path / CARD_NAME).read_text())
     edit(card)
     if rehash:
-        card["card_sha256"] = bundle_mod._card_digest(card)
+        card["card_sha256"] = card_digest(card)
     (path / CARD_NAME).write_text(json.dumps(card, indent=2))
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import SimpleITK as sitk
 from conftest import assert_same_grid, run_subprocess
 
-from UHarmonyLib.bundle import load_bundle
 from UHarmonyLib.commands.demo import sample_channels
-from UHarmonyLib.metrics import WHOLE
+from UHarmonyLib.evaluation.scoring import WHOLE
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.resources import default_model
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_main, tiny_net
 
-from UHarmonyLib.bundle import make_card, save_bundle
 from UHarmonyLib.diagnose.compare import PERMUTATIONS, site_test
+from UHarmonyLib.model.weights import make_card, save_bundle
 
 SYNTH = ["--spacing", 4, "--cases-per-site", 3, "--seed", 0]
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import CliRun, assert_one_line_error, run_main
 
-from UHarmonyLib.bundle import sha256_file
+from UHarmonyLib.files.checksum import sha256_file
 
 SITES = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 WHOLE = "whole lesion"

@@ -25,12 +25,12 @@ import SimpleITK as sitk
 from conftest import REPO, run_main
 from safetensors.torch import load_file
 
-from UHarmonyLib.bundle import load_bundle
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.deploy import free_port
 from UHarmonyLib.federated.site import ROWS_NAME
 from UHarmonyLib.federated.split import shared_names, site_tensor_names
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import load_bundle
 
 SITES = {
     "north": {"channels": ["T1", "FLAIR"], "lesions": {"count": [2, 2], "radius_mm": [8, 10]}},

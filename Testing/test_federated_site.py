@@ -16,13 +16,13 @@ import torch
 from conftest import run_main
 from safetensors.torch import load_file
 
-from UHarmonyLib.bundle import load_bundle, unique_state
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.site import ROWS_NAME, SiteNode
 from UHarmonyLib.federated.split import load_shared, shared_names, shared_state, site_rows, site_tensor_names
 from UHarmonyLib.federated.wire import merge_banks
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import load_bundle, unique_state
 
 SPEC = {
     "name": "three-clinics",

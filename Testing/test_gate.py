@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from UHarmonyLib.gate import GateDecision, aggregate, given_site, normalized_entropy
+from UHarmonyLib.inference.gate_decision import GateDecision, aggregate, given_site, normalized_entropy
 
 SITES = ["alpha", "beta", "gamma", "delta"]
 

@@ -12,13 +12,13 @@ import SimpleITK as sitk
 import torch
 from conftest import assert_one_line_error, run_main
 
-from UHarmonyLib.bundle import load_bundle
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.data.synth import make_case
 from UHarmonyLib.data.template import load_template
-from UHarmonyLib.gate import GateDecision
-from UHarmonyLib.gate_bank import BANK_NAME, GateBank, case_vector
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.gate_decision import GateDecision
+from UHarmonyLib.model.signature_bank import BANK_NAME, SignatureBank, case_vector
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig, train
 
 SPEC = {
@@ -110,20 +110,20 @@ def test_leave_one_case_out_calibration_and_extension() -> None:
     )
     sites = torch.as_tensor([0] * 30 + [1] * 30)
     cases = torch.as_tensor(np.repeat(np.arange(6), 10))
-    bank = GateBank(vectors, sites, cases, torch.ones(60))
+    bank = SignatureBank(vectors, sites, cases, torch.ones(60))
     threshold = bank.calibrate(gate_like)
     assert 0 < threshold < 3
     near = bank.distances(gate_like, case_vector(rng.normal(0, 1, (10, 4)), np.ones(10)))
     assert near[0] < threshold < near[1]
     grown = bank.extended(
-        GateBank(vectors[:10] + 20, torch.full((10,), 2), torch.zeros(10, dtype=torch.long), torch.ones(10))
+        SignatureBank(vectors[:10] + 20, torch.full((10,), 2), torch.zeros(10, dtype=torch.long), torch.ones(10))
     )
     assert grown.num_sites == 3 and int(grown.cases.max()) == 6
     assert np.isfinite(grown.distances(gate_like, np.full(4, 20.0))).all()
 
 
 def load_gate() -> torch.nn.Module:
-    from UHarmonyLib.nn.gate import DomainGate
+    from UHarmonyLib.nn.gate_network import DomainGate
 
     gate = DomainGate(1, 2)
     gate.feature_mean = torch.zeros(4)

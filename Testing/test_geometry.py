@@ -26,9 +26,9 @@ from conftest import (
 )
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
-from UHarmonyLib.bundle import read_card
-from UHarmonyLib.preprocessing import ModelSpace, stack_channels
-from UHarmonyLib.volumes import read_volume
+from UHarmonyLib.files.volumes import read_volume
+from UHarmonyLib.inference.preprocessing import ModelSpace, stack_channels
+from UHarmonyLib.model.card import read_card
 
 SIZE = (24, 20, 16)
 SPACING = (0.9, 1.3, 2.1)

@@ -17,13 +17,13 @@ import SimpleITK as sitk
 import torch
 from conftest import assert_one_line_error, run_main
 
-from UHarmonyLib import harmonize
-from UHarmonyLib.bundle import Bundle, load_bundle
-from UHarmonyLib.harmonize import matching, nyul, whitestripe
-from UHarmonyLib.harmonize.mask import foreground_mask
-from UHarmonyLib.inference import segment_volumes
-from UHarmonyLib.preprocessing import ModelSpace, model_input, normalize, stack_channels
-from UHarmonyLib.volumes import read_volume
+from UHarmonyLib import image_harmonization
+from UHarmonyLib.files.volumes import read_volume
+from UHarmonyLib.image_harmonization import matching, nyul, whitestripe
+from UHarmonyLib.image_harmonization.mask import foreground_mask
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.preprocessing import ModelSpace, model_input, normalize, stack_channels
+from UHarmonyLib.model.weights import Bundle, load_bundle
 
 SHAPE = (40, 44, 36)  # z, y, x
 TISSUE = {"wm": 0.80, "gm": 0.55, "csf": 0.15}
@@ -93,13 +93,13 @@ def test_n4_removes_a_planted_bias_field(tmp_path: Path) -> None:
 def test_nyul_maps_learned_landmarks_onto_the_standard_scale(tmp_path: Path) -> None:
     images = [phantom(seed=i, gamma=g, scale=s)[0] for i, (g, s) in enumerate([(1.0, 1.0), (0.7, 300.0), (1.4, 50.0)])]
     paths = [write(im, tmp_path / f"t1_{i}.nii.gz") for i, im in enumerate(images)]
-    params = harmonize.fit("nyul", {"T1": [(str(p), read_volume(p)) for p in paths]})
+    params = image_harmonization.fit("nyul", {"T1": [(str(p), read_volume(p)) for p in paths]})
     params = json.loads(json.dumps(params))  # plain JSON survives a round trip
     standard = np.asarray(params["channels"]["T1"]["standard"])
     assert standard[0] == 0.0 and standard[-1] == 100.0 and np.all(np.diff(standard) > 0)
     for path in paths:
         image = read_volume(path)
-        out = harmonize.apply(image, params, "T1", str(path))
+        out = image_harmonization.apply(image, params, "T1", str(path))
         mask = foreground_mask(image, str(path))
         landmarks = np.percentile(sitk.GetArrayFromImage(out)[mask], nyul.SETTINGS["percentiles"])
         np.testing.assert_allclose(landmarks, standard, atol=0.5)
@@ -108,12 +108,12 @@ def test_nyul_maps_learned_landmarks_onto_the_standard_scale(tmp_path: Path) -> 
 def test_histogram_matching_reproduces_the_reference_histogram(tmp_path: Path) -> None:
     reference, _ = phantom(seed=1, gamma=0.8, scale=200.0, offset=10.0)
     others = [phantom(seed=2, gamma=1.3, scale=5.0)[0], phantom(seed=3, noise=0.05)[0]]
-    params = harmonize.fit("match", {"FLAIR": [("ref", reference), ("a", others[0]), ("b", others[1])]})
+    params = image_harmonization.fit("match", {"FLAIR": [("ref", reference), ("a", others[0]), ("b", others[1])]})
     ref_quantiles = np.asarray(params["channels"]["FLAIR"]["reference"])
     probs = np.linspace(0.0, 1.0, len(ref_quantiles))
     for i, image in enumerate(others):
         source = write(image, tmp_path / f"src{i}.nii.gz")
-        out = harmonize.apply(read_volume(source), params, "FLAIR", str(source))
+        out = image_harmonization.apply(read_volume(source), params, "FLAIR", str(source))
         values = np.sort(sitk.GetArrayFromImage(out)[foreground_mask(image, "src")])
         cdf = np.searchsorted(values, ref_quantiles, side="right") / values.size
         assert np.abs(cdf - probs)[1:-1].max() < 0.02  # Kolmogorov-Smirnov distance to the reference
@@ -145,9 +145,9 @@ def test_scaling_undoes_gain_and_offset_and_zeros_stay_zero(tmp_path: Path) -> N
     shifted = image * 250.0 + 40.0
     head = foreground_mask(image, "a")
     for name in ("zscore", "percentile"):
-        params = harmonize.fit(name, {})
-        a = sitk.GetArrayFromImage(harmonize.apply(image, params, "T1", "a"))
-        b = sitk.GetArrayFromImage(harmonize.apply(shifted, params, "T1", "b"))
+        params = image_harmonization.fit(name, {})
+        a = sitk.GetArrayFromImage(image_harmonization.apply(image, params, "T1", "a"))
+        b = sitk.GetArrayFromImage(image_harmonization.apply(shifted, params, "T1", "b"))
         np.testing.assert_allclose(a, b, atol=1e-3)
         if name == "zscore":
             q1, q2, q3 = np.percentile(a[head], [25, 50, 75])
@@ -156,7 +156,9 @@ def test_scaling_undoes_gain_and_offset_and_zeros_stay_zero(tmp_path: Path) -> N
             np.testing.assert_allclose(np.percentile(a[head], [1, 99]), [0.0, 1.0], atol=1e-6)
     stripped = sitk.Mask(image, sitk.Cast(image > 0.3, sitk.sitkUInt8))  # zero outside the brain
     for name in ("zscore", "n4", "whitestripe"):
-        out = sitk.GetArrayFromImage(harmonize.apply(stripped, harmonize.fit(name, {}), "T1", "stripped"))
+        out = sitk.GetArrayFromImage(
+            image_harmonization.apply(stripped, image_harmonization.fit(name, {}), "T1", "stripped")
+        )
         assert np.array_equal(out == 0, sitk.GetArrayFromImage(stripped) == 0), name  # "no data" stays 0
 
 
@@ -194,7 +196,7 @@ def test_fitted_parameters_round_trip_through_the_card(nyul_model: Path, two_sit
     bundle = load_bundle(nyul_model)
     path = two_sites / "imagesTr" / "south_001_0000.nii.gz"
     raw = read_volume(path)
-    manual = harmonize.apply(raw, params, "FLAIR", str(path))
+    manual = image_harmonization.apply(raw, params, "FLAIR", str(path))
     space = ModelSpace.for_image(raw, bundle.preprocessing)
     engine = model_input(space, [raw], bundle.preprocessing, bundle.channel_names)
     expected = normalize(stack_channels(space, [manual]), bundle.preprocessing["intensity"])

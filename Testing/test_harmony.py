@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from UHarmonyLib.nn import HarmonyNorm, one_hot_weights
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.nn.site_weights import one_hot_weights
 
 C = 5
 S = 3

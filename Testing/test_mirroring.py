@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import CHANNELS, LABELS, SITES, blob_array, make_image, tiny_net
 
-from UHarmonyLib.bundle import Bundle, BundleError, load_bundle, make_card
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import Bundle, BundleError, load_bundle, make_card
 
 SPACING = (1.5, 1.5, 1.5)  # the tiny bundle's model spacing: no resampling, so arrays compare voxel for voxel
 # x spans two windows of 16 (starts 0 and 12 at overlap 0.25): the window layout is symmetric under an x flip

@@ -9,10 +9,13 @@ from conftest import TINY_ARCH, tiny_net
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
-from UHarmonyLib.device import cpu_has_bf16, resolve_precision
-from UHarmonyLib.nn import DomainGate, GatedHead, HarmonyNorm, NetworkConfig, SiteConditioned, UHarmonyNet
-from UHarmonyLib.nn.gate import DETAIL_BINS, FEATURES_PER_CHANNEL, INTENSITY_BINS, scanner_signature
-from UHarmonyLib.nn.site_weights import one_hot_weights
+from UHarmonyLib.inference.device import cpu_has_bf16, resolve_precision
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.gate_network import DETAIL_BINS, FEATURES_PER_CHANNEL, INTENSITY_BINS, DomainGate, scanner_signature
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.nn.heads import GatedHead
+from UHarmonyLib.nn.network import UHarmonyNet
+from UHarmonyLib.nn.site_weights import SiteConditioned, one_hot_weights
 
 S = 3
 

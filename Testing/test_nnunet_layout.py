@@ -7,9 +7,9 @@ from pathlib import Path
 
 from conftest import assert_one_line_error, run_main
 
-from UHarmonyLib.bundle import load_bundle
+from UHarmonyLib.data.plan import plan_training
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig, train
-from UHarmonyLib.training.plan import plan_training
 
 SPEC = {"name": "one", "sites": [{"name": "only", "channels": ["T1", "FLAIR"]}]}
 

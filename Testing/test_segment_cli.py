@@ -128,8 +128,8 @@ def test_absent_channel_is_given_as_zeros(case: Path, tmp_path: Path) -> None:
     """'-' marks a channel the case lacks: the same result as the library with an all-zero volume."""
     from conftest import tiny_net
 
-    from UHarmonyLib.bundle import load_bundle, make_card, save_bundle
-    from UHarmonyLib.inference import segment_volumes
+    from UHarmonyLib.inference.engine import segment_volumes
+    from UHarmonyLib.model.weights import load_bundle, make_card, save_bundle
 
     net = tiny_net(in_channels=2)
     card = make_card(

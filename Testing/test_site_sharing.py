@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from UHarmonyLib.bundle import unique_state
-from UHarmonyLib.nn import NetworkConfig, UHarmonyNet
+from UHarmonyLib.model.weights import unique_state
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.nn.site_weights import one_hot_weights
 from UHarmonyLib.training.site_sharing import fold_site_rows, share_site_rows
 

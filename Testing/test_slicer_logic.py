@@ -30,13 +30,20 @@ from UHarmonySlicerLib.cohort import (
     scene_volumes,
 )
 from UHarmonySlicerLib.errors import InputRefused
-from UHarmonySlicerLib.gate import CHART_ROLE, MAP_ROLE, TABLE_ROLE, read_gate, show_gate_map, unfamiliar_message
+from UHarmonySlicerLib.gate_display import (
+    CHART_ROLE,
+    MAP_ROLE,
+    TABLE_ROLE,
+    read_gate,
+    show_gate_map,
+    unfamiliar_message,
+)
 from UHarmonySlicerLib.models import ModelInfo, discover, read_model
 from UHarmonySlicerLib.scene import study_item
 from UHarmonySlicerLib.segment import segment_job
 from vtk.util import numpy_support
 
-from UHarmonyLib.bundle import make_card, save_bundle
+from UHarmonyLib.model.weights import make_card, save_bundle
 from UHarmonyLib.training import TrainConfig, train
 
 TIMEOUT = 240

@@ -25,13 +25,14 @@ from conftest import REPO, assert_one_line_error, run_main
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file
 
-from UHarmonyLib.bundle import load_bundle
-from UHarmonyLib.nn.gate import FEATURES_PER_CHANNEL, scanner_signature
-from UHarmonyLib.nn.harmony import HarmonyNorm
+from UHarmonyLib.data.cases import load_case
+from UHarmonyLib.data.plan import plan_training
+from UHarmonyLib.model.weights import load_bundle
+from UHarmonyLib.nn.gate_network import FEATURES_PER_CHANNEL, scanner_signature
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm
 from UHarmonyLib.training import MarginalDiceCELoss, TrainConfig, marginal_probabilities, train
-from UHarmonyLib.training.cases import load_case, prepare_case
 from UHarmonyLib.training.checkpoint import checkpoints, load_checkpoint
-from UHarmonyLib.training.plan import plan_training
+from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
 
 TINY = {"patch": (32,), "filters": (4, 8, 16)}

@@ -31,7 +31,14 @@ from UHarmonySlicerLib.addsite import Pair, TrainingCurve, add_site_job, export_
 from UHarmonySlicerLib.cohort import cases_from_folder, cases_from_volumes, cohort_job, export_csv, scene_volumes
 from UHarmonySlicerLib.engine import DEVICES
 from UHarmonySlicerLib.errors import InputRefused
-from UHarmonySlicerLib.gate import CHART_ROLE, MAP_ROLE, TABLE_ROLE, read_gate, show_gate_map, unfamiliar_message
+from UHarmonySlicerLib.gate_display import (
+    CHART_ROLE,
+    MAP_ROLE,
+    TABLE_ROLE,
+    read_gate,
+    show_gate_map,
+    unfamiliar_message,
+)
 from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, read_model, user_models_dir
 from UHarmonySlicerLib.segment import segment_job
 
@@ -642,8 +649,9 @@ class UHarmonySlicerTest(ScriptedLoadableModuleTest):
     def tinyModel(self):
         import torch
 
-        from UHarmonyLib.bundle import make_card, save_bundle
-        from UHarmonyLib.nn import NetworkConfig, UHarmonyNet
+        from UHarmonyLib.model.weights import make_card, save_bundle
+        from UHarmonyLib.nn.config import NetworkConfig
+        from UHarmonyLib.nn.network import UHarmonyNet
 
         torch.manual_seed(0)
         config = NetworkConfig(in_channels=1, out_channels=3, num_sites=3, filters=(4, 8, 16), gate_hidden=8)

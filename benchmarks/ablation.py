@@ -43,7 +43,7 @@ from reproduce import (
     std,
 )
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.02  # the reproduction issue's goal for gated U-Harmony over joint InstanceNorm

@@ -33,17 +33,17 @@ from typing import Any
 import torch
 from reproduce import COSTS, check_work, log, row, synthesize
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
-from UHarmonyLib.bundle import load_bundle
 from UHarmonyLib.data.spec import resolve_scenario
-from UHarmonyLib.device import resolve_device, resolve_precision
 from UHarmonyLib.diagnose import diagnose_dataset
-from UHarmonyLib.evaluation import evaluate_dataset, map_dataset
-from UHarmonyLib.harmonize import METHODS
+from UHarmonyLib.evaluation.report import evaluate_dataset, map_dataset
+from UHarmonyLib.evaluation.scoring import WHOLE
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.image_harmonization import METHODS
+from UHarmonyLib.inference.device import resolve_device, resolve_precision
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.progress import SilentReporter
 from UHarmonyLib.training import TrainConfig
 from UHarmonyLib.training.loop import train_run
-from UHarmonyLib.training.validation import WHOLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("appearance", "structural")

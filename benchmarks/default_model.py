@@ -27,12 +27,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from UHarmonyLib.bundle import Bundle, load_bundle
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.data.synth import DEFAULT_CONTRAST, SiteSpec, make_case
 from UHarmonyLib.data.template import load_template
-from UHarmonyLib.inference import segment_volumes
-from UHarmonyLib.metrics import WHOLE, dice_scores
+from UHarmonyLib.evaluation.scoring import WHOLE, dice_scores, mean_defined
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import Bundle, load_bundle
 from UHarmonyLib.resources import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,14 +118,16 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for site in [*seen, *unseen]:
         rows += evaluate_site(bundle, site, args.cases_per_site, spacing, args.seed)
-        print(f"{site.name}: whole-lesion Dice {mean([r['dice'][WHOLE] for r in rows if r['site'] == site.name])}")
+        print(
+            f"{site.name}: whole-lesion Dice {mean_defined([r['dice'][WHOLE] for r in rows if r['site'] == site.name])}"
+        )
     seen_names = {s.name for s in seen}
     seen_rows = [r for r in rows if r["site"] in seen_names]
     unseen_rows = [r for r in rows if r["site"] not in seen_names]
 
     def per_site(subset: list[dict[str, Any]]) -> dict[str, float]:
         return {
-            s: mean([r["dice"][WHOLE] for r in subset if r["site"] == s])
+            s: mean_defined([r["dice"][WHOLE] for r in subset if r["site"] == s])
             for s in dict.fromkeys(r["site"] for r in subset)
         }
 
@@ -135,7 +137,10 @@ def main() -> int:
         "dice_whole_lesion_seen": per_site(seen_rows),
         "dice_whole_lesion_unseen": per_site(unseen_rows),
         "dice_per_label": {
-            s: {lab: mean([r["dice"][lab] for r in rows if r["site"] == s and lab in r["dice"]]) for lab in labels}
+            s: {
+                lab: mean_defined([r["dice"][lab] for r in rows if r["site"] == s and lab in r["dice"]])
+                for lab in labels
+            }
             for s in dict.fromkeys(r["site"] for r in rows)
         },
         "gate_accuracy_seen": mean([float(r["chosen"] == r["site"]) for r in seen_rows]),

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from reproduce import load_tests, score_bundle, synthesize
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.simulate import simulate
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
 from UHarmonyLib.training import TrainConfig
 from UHarmonyLib.training.loop import train_run
 

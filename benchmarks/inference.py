@@ -34,12 +34,13 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, NormalizeIntensity, Orientation
 
-from UHarmonyLib.bundle import Bundle, load_bundle, make_card, save_bundle
-from UHarmonyLib.device import autocast, cpu_has_bf16, resolve_precision
-from UHarmonyLib.nn.network import NetworkConfig, UHarmonyNet
-from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
-from UHarmonyLib.volumes import read_volume, same_grid
-from UHarmonyLib.windows import pad_to_roi, window_slices
+from UHarmonyLib.files.volumes import read_volume, same_grid
+from UHarmonyLib.inference.device import autocast, cpu_has_bf16, resolve_precision
+from UHarmonyLib.inference.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.inference.windows import pad_to_roi, window_slices
+from UHarmonyLib.model.weights import Bundle, load_bundle, make_card, save_bundle
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.network import UHarmonyNet
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "Resources" / "Models" / "uharmony-starter-v1"
@@ -345,7 +346,9 @@ def measure(model: Path, repeats: int, pairs: int, work: Path, quiet: float) -> 
     seg, mon = work / "seg.nii.gz", work / "monai.nii.gz"
     while sum(r["clean"] for r in raw["runs"]) < repeats and len(raw["runs"]) < 2 * repeats:
         n = len(raw["runs"]) + 1  # each repeat: import, CLI, MONAI script, bare forwards, so drift hits all alike
-        run: dict[str, Any] = {"import_seconds": run_child([sys.executable, "-c", "import UHarmonyLib.inference"]).wall}
+        run: dict[str, Any] = {
+            "import_seconds": run_child([sys.executable, "-c", "import UHarmonyLib.inference.engine"]).wall
+        }
         foreign = run["foreign_cores"] = {}
         wait_quiet(quiet)
         with Meter() as m:
@@ -401,8 +404,8 @@ DEFINITIONS = {
     "excluded)",
     "overhead_ratio_wall": "CLI process wall time (spawn to exit: interpreter start, imports, everything) / bare "
     "forward sum",
-    "overhead_ratio_wall_minus_import": "(CLI wall time - wall time of `python -c 'import UHarmonyLib.inference'`) "
-    "/ bare forward sum",
+    "overhead_ratio_wall_minus_import": "(CLI wall time - wall time of "
+    "`python -c 'import UHarmonyLib.inference.engine'`) / bare forward sum",
     "harmony_cost_ratio": "median forward time of the U-Harmony network / median forward time of the same DynUNet "
     "with plain InstanceNorm and a plain head (shared weights), one 1x1x96^3 window from the centre of the volume, "
     "interleaved pairs with alternating order; headline at the precision `segment` uses by default",

@@ -29,20 +29,22 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from UHarmonyLib.atomic import atomic_dir, check_writable, write_text_atomic
-from UHarmonyLib.bundle import Bundle, load_bundle, make_card, read_card, save_bundle
+from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.datasets import DATASET_JSON, write_dataset
+from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.data.spec import REALISTIC, SynthSpec, parse_spec, resolve_scenario
-from UHarmonyLib.device import resolve_device, resolve_precision
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.evaluation.scoring import mean_defined, score_masks
+from UHarmonyLib.files.atomic import atomic_dir, check_writable, write_text_atomic
+from UHarmonyLib.inference.device import resolve_device, resolve_precision
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.card import read_card
+from UHarmonyLib.model.weights import Bundle, load_bundle, make_card, save_bundle
 from UHarmonyLib.training import TrainConfig
 from UHarmonyLib.training.add_site import AddSiteConfig, add_site
-from UHarmonyLib.training.cases import load_case, prepare_case
 from UHarmonyLib.training.loop import train_run
-from UHarmonyLib.training.plan import plan_training
+from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
 from UHarmonyLib.training.steps import segmentation_steps
-from UHarmonyLib.training.validation import mean_defined, score_masks
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = (

@@ -23,11 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from UHarmonyLib.atomic import atomic_path
 from UHarmonyLib.data.datasets import case_rng, dataset_channels
 from UHarmonyLib.data.spec import SCENARIOS, resolve_scenario
 from UHarmonyLib.data.synth import SiteSpec, make_case
 from UHarmonyLib.data.template import load_template
+from UHarmonyLib.files.atomic import atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 OUTLINES = {"full": [(1, "#ff3030", "lesion core"), (2, "#ffd000", "edema")], "whole": [(1, "#30c0ff", "whole lesion")]}

@@ -23,12 +23,15 @@ import torch
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 
-from UHarmonyLib.bundle import DEFAULT_INFERENCE, Bundle, make_card, save_bundle
 from UHarmonyLib.data.synth import Case, SiteSpec, make_case
 from UHarmonyLib.data.template import MNI_NOTICE, load_template
-from UHarmonyLib.inference import segment_volumes
-from UHarmonyLib.nn import NetworkConfig, UHarmonyNet, one_hot_weights
-from UHarmonyLib.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.preprocessing import ModelSpace, normalize, stack_channels
+from UHarmonyLib.model.card import DEFAULT_INFERENCE
+from UHarmonyLib.model.weights import Bundle, make_card, save_bundle
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.network import UHarmonyNet
+from UHarmonyLib.nn.site_weights import one_hot_weights
 from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 
 SITES = [

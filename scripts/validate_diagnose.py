@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from UHarmonyLib.atomic import write_text_atomic
 from UHarmonyLib.data.datasets import write_dataset
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.diagnose import diagnose_dataset
 from UHarmonyLib.diagnose.decide import RECOMMENDATIONS, THRESHOLDS
+from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.progress import SilentReporter
 
 ROOT = Path(__file__).resolve().parents[1]

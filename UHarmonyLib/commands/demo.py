@@ -8,15 +8,15 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from UHarmonyLib.bundle import read_card
 from UHarmonyLib.commands.segment import run_segment
 from UHarmonyLib.data.datasets import DATASET_JSON, read_dataset
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.metrics import dice_scores
-from UHarmonyLib.overview import write_overview
+from UHarmonyLib.evaluation.scoring import dice_scores
+from UHarmonyLib.files.overview import write_overview
+from UHarmonyLib.files.volumes import read_volume
+from UHarmonyLib.model.card import read_card
 from UHarmonyLib.progress import JsonReporter, Reporter
 from UHarmonyLib.resources import SAMPLE_DATA, default_model
-from UHarmonyLib.volumes import read_volume
 
 SAMPLE = SAMPLE_DATA / DATASET_JSON
 
@@ -59,7 +59,10 @@ def run_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
     if isinstance(reporter, JsonReporter):
         reporter.result({**payload, **summary})
     else:
-        print("Dice against the sample's ground truth: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+        scores = ", ".join(
+            f"{k} {'n/a (not in the ground truth)' if v is None else f'{v:.3f}'}" for k, v in dice.items()
+        )
+        print(f"Dice against the sample's ground truth: {scores}")
         print(f"Overview: {overview}")
         print(f"Demo finished in {seconds:.1f} s")
     return {**payload, **summary}

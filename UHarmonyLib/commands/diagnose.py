@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
@@ -41,15 +41,15 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     check_out(args.out)
     model = None
     if args.model is not None:
-        from UHarmonyLib.bundle import load_bundle
         from UHarmonyLib.diagnose.model import map_for_model
+        from UHarmonyLib.model.weights import load_bundle
 
         bundle = load_bundle(args.model)
         model = (bundle, map_for_model(bundle, args.data))
     summary, cases = diagnose_dataset(args.data, reporter)
     if model is not None:
-        from UHarmonyLib.device import resolve_device
         from UHarmonyLib.diagnose.model import model_evidence
+        from UHarmonyLib.inference.device import resolve_device
 
         summary["model"] = model_evidence(*model, resolve_device(args.device), reporter)
     summary["command"] = command_line(args)

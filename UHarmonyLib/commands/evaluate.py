@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib import __version__
-from UHarmonyLib.atomic import check_writable, write_text_atomic
-from UHarmonyLib.bundle import load_bundle
-from UHarmonyLib.device import resolve_device
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.evaluation import evaluate_dataset, map_dataset
+from UHarmonyLib.evaluation.report import evaluate_dataset, map_dataset
+from UHarmonyLib.evaluation.scoring import WHOLE
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.inference.device import resolve_device
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.progress import JsonReporter, Reporter
-from UHarmonyLib.training.validation import WHOLE
 
 
 def markdown_path(out: Path) -> Path:

@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.files.volumes import check_output_path, read_volume, write_volume
 from UHarmonyLib.progress import JsonReporter, Reporter
-from UHarmonyLib.volumes import check_output_path, read_volume, write_volume
 
 
 def load_params(path: Path) -> dict[str, Any]:
     """Parameters from a --params-out file, or from a model bundle's card (verified) or its model.json."""
-    from UHarmonyLib import harmonize
-    from UHarmonyLib.bundle import CARD_NAME, read_card
+    from UHarmonyLib import image_harmonization
+    from UHarmonyLib.model.card import CARD_NAME, read_card
 
     if path.is_dir() or path.name == CARD_NAME:
         bundle = path if path.is_dir() else path.parent
@@ -31,7 +31,7 @@ def load_params(path: Path) -> dict[str, Any]:
         params = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from e
-    problem = harmonize.check_params(params)
+    problem = image_harmonization.check_params(params)
     if problem:
         raise InputError(f"{path}: {problem}")
     return params
@@ -39,9 +39,9 @@ def load_params(path: Path) -> dict[str, Any]:
 
 def _fit(args: argparse.Namespace, method: str, reporter: Reporter) -> tuple[dict[str, Any], str | None]:
     """(parameters, channel) learned from --fit's dataset: only its images of the chosen channel."""
-    from UHarmonyLib.training.cases import load_case
-    from UHarmonyLib.training.harmonization import fit_on_cases
-    from UHarmonyLib.training.plan import plan_training
+    from UHarmonyLib.data.cases import load_case
+    from UHarmonyLib.data.harmonization_fit import fit_on_cases
+    from UHarmonyLib.data.plan import plan_training
 
     plan = plan_training([args.fit], val_fraction=0.0, seed=0)
     file = plan.datasets[0]["path"]
@@ -60,7 +60,7 @@ def _fit(args: argparse.Namespace, method: str, reporter: Reporter) -> tuple[dic
 
 def resolve_params(args: argparse.Namespace, reporter: Reporter) -> tuple[dict[str, Any], str | None]:
     """The parameters and channel to apply, from --params, --fit or the method's defaults; one-line refusals."""
-    from UHarmonyLib import harmonize
+    from UHarmonyLib import image_harmonization
 
     if args.params is not None:
         if args.fit is not None:
@@ -71,14 +71,14 @@ def resolve_params(args: argparse.Namespace, reporter: Reporter) -> tuple[dict[s
         return params, args.channel
     if args.method is None:
         raise InputError("harmonize needs --method (n4, zscore, percentile, nyul, match, whitestripe) or --params")
-    method = harmonize.method(args.method)
+    method = image_harmonization.method(args.method)
     if args.fit is not None and method.needs_fit:
         return _fit(args, method.name, reporter)
     if method.needs_fit:
         raise InputError(f"--method {method.name} learns from training images: add --fit DATASET_JSON (or --params)")
     if args.fit is not None:
         reporter.log(f"{method.name} works on each image alone; --fit {args.fit} is not needed and was not read")
-    return harmonize.fit(method.name, {}), args.channel
+    return image_harmonization.fit(method.name, {}), args.channel
 
 
 def _channel(params: dict[str, Any], channel: str | None, needs_fit: bool) -> str:
@@ -104,14 +104,14 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def run_harmonize(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Resolve the parameters, harmonize --in, write --out (and --params-out) atomically."""
-    from UHarmonyLib import harmonize
+    from UHarmonyLib import image_harmonization
 
     start = time.perf_counter()
     check_outputs(args)
     image = read_volume(args.input)
     params, channel = resolve_params(args, reporter)
-    channel = _channel(params, channel, harmonize.method(params["method"]).needs_fit)
-    result = harmonize.apply(image, params, channel, str(args.input))
+    channel = _channel(params, channel, image_harmonization.method(params["method"]).needs_fit)
+    result = image_harmonization.apply(image, params, channel, str(args.input))
     write_volume(result, args.out)
     if args.params_out is not None:
         write_text_atomic(args.params_out, json.dumps(params, indent=2) + "\n")

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.bundle import find_bundles, load_bundle
 from UHarmonyLib.errors import BundleError
+from UHarmonyLib.model.card import find_bundles
+from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
 
 

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.atomic import check_writable, write_text_atomic
-from UHarmonyLib.bundle import Bundle, load_bundle
-from UHarmonyLib.device import resolve_device
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.gate import GateDecision
-from UHarmonyLib.inference import SegmentationResult, check_site, segment_files
+from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.files.volumes import ABSENT, check_output_path, write_volume
+from UHarmonyLib.inference.device import resolve_device
+from UHarmonyLib.inference.engine import SegmentationResult, check_site, segment_files
+from UHarmonyLib.inference.gate_decision import GateDecision
+from UHarmonyLib.model.weights import Bundle, load_bundle
 from UHarmonyLib.progress import JsonReporter, Reporter
-from UHarmonyLib.volumes import ABSENT, check_output_path, write_volume
 
 SITE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
 

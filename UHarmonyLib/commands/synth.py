@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.atomic import umask_mode
 from UHarmonyLib.data.datasets import DATASET_JSON, IMAGES, LABELS, dataset_channels, write_dataset
 from UHarmonyLib.data.spec import GENERATOR, SynthSpec, resolve_scenario, scenario_table
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.atomic import umask_mode
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 SPACING_RANGE = (1.0, 8.0)  # mm: the template is 1 mm; coarser than 8 mm leaves too few voxels for lesions

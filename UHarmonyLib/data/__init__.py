@@ -1,1 +1,1 @@
-"""Data: the MNI template shipped by nilearn, and synthetic multi-site lesion cases built on it."""
+"""Data: dataset manifests, the training plan, case loading, synthetic multi-site cases on the MNI template."""

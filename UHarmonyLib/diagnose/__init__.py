@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib import __version__
+from UHarmonyLib.data.cases import load_case
+from UHarmonyLib.data.plan import Plan, plan_training
 from UHarmonyLib.diagnose.compare import appearance_pairs, median_defined, structure_tests
 from UHarmonyLib.diagnose.decide import appearance_findings, recommend, structure_findings
 from UHarmonyLib.diagnose.features import CaseFeatures, case_features
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.progress import Reporter
-from UHarmonyLib.training.cases import load_case
-from UHarmonyLib.training.plan import Plan, plan_training
 
 
 def _median(values: list[float | None]) -> float | None:

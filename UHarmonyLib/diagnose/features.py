@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from UHarmonyLib.harmonize import n4
-from UHarmonyLib.harmonize.mask import foreground_mask
-from UHarmonyLib.harmonize.scaling import IQR_PER_SD
-from UHarmonyLib.training.cases import LoadedCase
+from UHarmonyLib.data.cases import LoadedCase
+from UHarmonyLib.image_harmonization import n4
+from UHarmonyLib.image_harmonization.mask import foreground_mask
+from UHarmonyLib.image_harmonization.scaling import IQR_PER_SD
 
 PROBS = np.linspace(0.01, 0.99, 99)  # the quantile function's grid (W1 distance = mean |Qa - Qb| over it)
 HIST_EDGES = np.linspace(-5.0, 5.0, 101)  # normalized intensity histogram for the report

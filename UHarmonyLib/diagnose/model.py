@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from UHarmonyLib.bundle import Bundle
-from UHarmonyLib.evaluation import MappedDataset, map_dataset, score_cases
+from UHarmonyLib.evaluation.report import MappedDataset, map_dataset, score_cases
+from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
+from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter
-from UHarmonyLib.training.validation import WHOLE, mean_defined
 
 GATE_ACCURACY_LOW = 0.5  # below this, the gate cannot personalize on its own
 DICE_GAP = 0.05  # given - gated whole-lesion Dice worth a note

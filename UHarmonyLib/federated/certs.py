@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from UHarmonyLib.atomic import atomic_path
+from UHarmonyLib.files.atomic import atomic_path
 
 DAYS = 365
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from UHarmonyLib.data.plan import KNOWN_COLORS, PALETTE
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.nn.network import NetworkConfig, UHarmonyNet
-from UHarmonyLib.training.plan import KNOWN_COLORS, PALETTE
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.network import UHarmonyNet
 
 # federated method -> network normalization: U-Harmony columns, plain FedAvg, FedBN-style local affine norms
 METHODS = {"uharmony": "uharmony", "fedavg": "instance", "fedbn": "dsbn"}

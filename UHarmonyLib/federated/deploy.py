@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.atomic import write_text_atomic
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.federated.contract import Federation
+from UHarmonyLib.files.atomic import write_text_atomic
 
 CONNECTION = "uharmony"
 START_TIMEOUT = 60.0

@@ -26,10 +26,10 @@ from flwr.serverapp.strategy import (
 )
 from safetensors.torch import save_file
 
-from UHarmonyLib.atomic import atomic_path, write_text_atomic
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.split import shared_state
 from UHarmonyLib.federated.wire import ROWS_PREFIX, bank_record, merge_banks, read_bank
+from UHarmonyLib.files.atomic import atomic_path, write_text_atomic
 
 app = ServerApp()
 BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}

@@ -18,22 +18,25 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from UHarmonyLib.atomic import atomic_path, write_text_atomic
-from UHarmonyLib.bundle import DEFAULT_INFERENCE, make_card, save_bundle
+from UHarmonyLib.data.cases import LoadedCase, PlannedCase, load_case
+from UHarmonyLib.data.plan import Plan, Site, plan_training
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.evaluation.validation import evaluate
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.split import load_shared, load_site_rows, shared_state, site_rows
-from UHarmonyLib.gate_bank import GateBank, build_bank
-from UHarmonyLib.nn.gate import DomainGate
+from UHarmonyLib.files.atomic import atomic_path, write_text_atomic
+from UHarmonyLib.inference.signatures import build_bank
+from UHarmonyLib.model.card import DEFAULT_INFERENCE
+from UHarmonyLib.model.signature_bank import SignatureBank
+from UHarmonyLib.model.weights import make_card, save_bundle
+from UHarmonyLib.nn.gate_network import DomainGate
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.nn.site_weights import one_hot_weights
 from UHarmonyLib.progress import Reporter
 from UHarmonyLib.training.add_site import fit_gate
-from UHarmonyLib.training.cases import LoadedCase, PlannedCase, load_case, prepare_case
-from UHarmonyLib.training.plan import Plan, Site, plan_training
+from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
 from UHarmonyLib.training.steps import segmentation_steps
-from UHarmonyLib.training.validation import evaluate
 
 ROWS_NAME = "local.safetensors"
 RECORD_NAME = "site.json"
@@ -173,7 +176,7 @@ class SiteNode:
         self._save(net, server_round, {k: v for k, v in figures.items() if k != "num-examples"})
         return shared_state(net), figures
 
-    def bank(self) -> GateBank:
+    def bank(self) -> SignatureBank:
         """Scanner signatures of this site's training windows: the only description of its images that leaves."""
         pre = self.contract.preprocessing()
         images = [prepare_case(self.loaded[i], pre, self.patch, self.plan.channels).image for i in self.own.train]
@@ -191,7 +194,7 @@ class SiteNode:
         self,
         shared: dict[str, torch.Tensor],
         published: dict[str, dict[str, torch.Tensor]],
-        bank: GateBank,
+        bank: SignatureBank,
         reporter: Reporter | None = None,
     ) -> tuple[Path, dict[str, Any]]:
         """A full bundle: shared backbone, this site's rows and every published site's rows, a refitted gate."""
@@ -204,7 +207,7 @@ class SiteNode:
             load_site_rows(net, k, rows)
         keep = torch.as_tensor([c.site_names[int(s)] in names for s in bank.sites])
         remap = torch.as_tensor([names.index(n) if n in names else -1 for n in c.site_names])
-        sub = GateBank(bank.vectors[keep], remap[bank.sites[keep]], bank.cases[keep], bank.weights[keep])
+        sub = SignatureBank(bank.vectors[keep], remap[bank.sites[keep]], bank.cases[keep], bank.weights[keep])
         net.gate.fit_scaler(sub.vectors)
         fit_gate(net.gate, sub, c.seed)
         sub.threshold = sub.calibrate(net.gate)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from UHarmonyLib.bundle import unique_state
+from UHarmonyLib.model.weights import unique_state
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.nn.site_weights import SiteConditioned
 

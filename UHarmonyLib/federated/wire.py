@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from UHarmonyLib.gate_bank import GateBank
+from UHarmonyLib.model.signature_bank import SignatureBank
 
 ROWS_PREFIX = "rows."
 
 
-def bank_record(bank: GateBank) -> ArrayRecord:
+def bank_record(bank: SignatureBank) -> ArrayRecord:
     return ArrayRecord(
         {
             "vectors": bank.vectors.float().contiguous(),
@@ -21,18 +21,18 @@ def bank_record(bank: GateBank) -> ArrayRecord:
     )
 
 
-def read_bank(record: ArrayRecord) -> GateBank:
+def read_bank(record: ArrayRecord) -> SignatureBank:
     t = record.to_torch_state_dict()
-    return GateBank(t["vectors"].float(), t["sites"].long(), t["cases"].long(), t["weights"].float())
+    return SignatureBank(t["vectors"].float(), t["sites"].long(), t["cases"].long(), t["weights"].float())
 
 
-def merge_banks(banks: list[GateBank]) -> GateBank:
+def merge_banks(banks: list[SignatureBank]) -> SignatureBank:
     """One bank from every site's, case numbers kept distinct (the calibration leaves cases out by number)."""
     offsets, total = [], 0
     for b in banks:
         offsets.append(total)
         total += int(b.cases.max()) + 1 if len(b.cases) else 0
-    return GateBank(
+    return SignatureBank(
         torch.cat([b.vectors for b in banks]),
         torch.cat([b.sites for b in banks]),
         torch.cat([b.cases + o for b, o in zip(banks, offsets)]),

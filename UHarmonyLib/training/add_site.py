@@ -22,19 +22,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from UHarmonyLib.bundle import DEFAULT_INFERENCE, Bundle, load_bundle, make_card, save_bundle
-from UHarmonyLib.device import resolve_device, resolve_precision
+from UHarmonyLib.data.cases import LoadedCase, PlannedCase, load_case
+from UHarmonyLib.data.plan import PALETTE, Plan, Site, plan_training
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.gate_bank import GateBank, build_bank, standardize
-from UHarmonyLib.nn import UHarmonyNet
-from UHarmonyLib.nn.gate import DomainGate
+from UHarmonyLib.evaluation.validation import evaluate
+from UHarmonyLib.inference.device import resolve_device, resolve_precision
+from UHarmonyLib.inference.signatures import build_bank
+from UHarmonyLib.model.card import DEFAULT_INFERENCE
+from UHarmonyLib.model.signature_bank import SignatureBank, standardize
+from UHarmonyLib.model.weights import Bundle, load_bundle, make_card, save_bundle
+from UHarmonyLib.nn.gate_network import DomainGate
+from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
-from UHarmonyLib.training.cases import LoadedCase, PlannedCase, PreparedCase, load_case, prepare_case
 from UHarmonyLib.training.growth import grow, site_parameters
-from UHarmonyLib.training.plan import PALETTE, Plan, Site, plan_training
+from UHarmonyLib.training.patches import PreparedCase, prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
 from UHarmonyLib.training.steps import segmentation_steps
-from UHarmonyLib.training.validation import evaluate
 
 GATE_STEPS = 400
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
@@ -122,7 +125,7 @@ def _mix(parent: Bundle, images: list[torch.Tensor], patch: tuple[int, ...]) -> 
     return (probs * w[:, None]).sum(0) / w.sum()
 
 
-def fit_gate(gate: DomainGate, bank: GateBank, seed: int) -> dict[str, float]:
+def fit_gate(gate: DomainGate, bank: SignatureBank, seed: int) -> dict[str, float]:
     """Retrain the gate's classifier on bank vectors only (site-balanced); returns accuracy per site."""
     torch.manual_seed(seed)
     x = torch.as_tensor(standardize(gate, bank.vectors), dtype=torch.float32)

@@ -24,8 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from UHarmonyLib.bundle import sha256_file, unique_state
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.checksum import sha256_file
+from UHarmonyLib.model.weights import unique_state
 
 FORMAT = 1
 STATE, BEST, META = "state.safetensors", "best.safetensors", "state.json"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize import METHODS
-from UHarmonyLib.nn.network import BACKBONES, NORMS
+from UHarmonyLib.image_harmonization import METHODS
+from UHarmonyLib.nn.config import BACKBONES, NORMS
 from UHarmonyLib.training.site_sharing import SITE_PARAMS
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
@@ -52,7 +52,7 @@ class TrainConfig:
     channel_dropout: float = 0.1
     site_weights: dict[str, float] = field(default_factory=dict)  # site -> relative sampling weight (default 1)
     scaler_patches: int = 90
-    harmonize: str | None = None  # a harmonization method fitted on the training cases (UHarmonyLib.harmonize)
+    harmonize: str | None = None  # an image harmonization method fitted on the training cases
     resume: bool = False
     command: str = ""  # recorded in the card; default: an equivalent `uharmony train` line
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import torch
 
-from UHarmonyLib.nn import GatedHead, UHarmonyNet
+from UHarmonyLib.nn.heads import GatedHead
+from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.nn.site_weights import SiteConditioned
 
 ABSENT_CLASS_BIAS = -100.0  # exp(-100) vanishes next to any real class in float32: old sites' outputs do not move

@@ -23,22 +23,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from UHarmonyLib.bundle import DEFAULT_INFERENCE, make_card, save_bundle, unique_state
+from UHarmonyLib.data.cases import LoadedCase, load_case, model_spacing
+from UHarmonyLib.data.harmonization_fit import fit_on_cases
+from UHarmonyLib.data.plan import Plan, plan_training
 from UHarmonyLib.data.template import MNI_NOTICE
-from UHarmonyLib.device import autocast, resolve_device, resolve_precision
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.gate_bank import GateBank, build_bank
-from UHarmonyLib.nn import NetworkConfig, UHarmonyNet
+from UHarmonyLib.evaluation.validation import evaluate
+from UHarmonyLib.inference.device import autocast, resolve_device, resolve_precision
+from UHarmonyLib.inference.signatures import build_bank
+from UHarmonyLib.model.card import DEFAULT_INFERENCE
+from UHarmonyLib.model.signature_bank import SignatureBank
+from UHarmonyLib.model.weights import make_card, save_bundle, unique_state
+from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
-from UHarmonyLib.training.cases import LoadedCase, load_case, model_spacing, prepare_case
 from UHarmonyLib.training.checkpoint import Checkpoint, checkpoints, load_checkpoint, remove_stale, save_checkpoint
 from UHarmonyLib.training.config import TrainConfig
-from UHarmonyLib.training.harmonization import fit_on_cases
 from UHarmonyLib.training.losses import MarginalDiceCELoss
-from UHarmonyLib.training.plan import Plan, plan_training
+from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import Batch, PatchSampler
 from UHarmonyLib.training.site_sharing import fold_site_rows, share_site_rows
-from UHarmonyLib.training.validation import evaluate
 
 INTENSITY = {"method": "zscore", "nonzero": True}
 OPTIONAL_FLAGS = (
@@ -382,7 +386,7 @@ class Trainer:
 
     # ------------------------------------------------------------ finish
 
-    def gate_bank(self) -> GateBank:
+    def gate_bank(self) -> SignatureBank:
         """Signatures of every training case's inference windows, by site (the gate's memory)."""
         cases = self.sampler.cases
         return build_bank(

@@ -29,8 +29,8 @@ from monai.transforms import (
     RandScaleIntensityd,
 )
 
-from UHarmonyLib.bundle import MIRROR_AXES
-from UHarmonyLib.training.cases import PreparedCase
+from UHarmonyLib.model.card import MIRROR_AXES
+from UHarmonyLib.training.patches import PreparedCase
 
 
 class RandForegroundShiftd(RandomizableTransform, MapTransform):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from UHarmonyLib.device import autocast
+from UHarmonyLib.inference.device import autocast
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.training.loop import segmentation_loss
 from UHarmonyLib.training.losses import MarginalDiceCELoss

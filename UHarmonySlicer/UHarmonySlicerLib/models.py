@@ -1,33 +1,19 @@
-"""The model bundles the panel offers: the ones shipped with the extension and a per-user folder."""
+"""The model bundles the panel offers: the ones shipped with the extension and a per-user folder.
+
+Cards are read and checked by the engine's torch-free card module, so the panel lists
+verified models before PyTorch is installed; the engine checks the weights on every run.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from UHarmonyLib.model.card import find_bundles, read_card
 from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
-
-CARD_NAME = "model.json"
-
-
-def read_card(path: Path) -> tuple[dict[str, Any], bool]:
-    """(card, verified): UHarmonyLib's checked reader, or the raw JSON before PyTorch is installed.
-
-    The engine's reader imports torch; until the first Apply has installed it, the panel
-    still shows the cards, unverified. The engine verifies the card again on every run.
-    """
-    try:
-        from UHarmonyLib.bundle import read_card as verified_card
-    except ImportError:
-        card = json.loads((Path(path) / CARD_NAME).read_text(encoding="utf-8"))
-        if not isinstance(card, dict):
-            raise ValueError(f"{path / CARD_NAME}: model card must be a JSON object") from None
-        return card, False
-    return verified_card(Path(path)), True
 
 
 @dataclass(frozen=True)
@@ -36,7 +22,6 @@ class ModelInfo:
 
     path: Path
     card: dict[str, Any]
-    verified: bool = True
     problem: str = ""
 
     @property
@@ -95,8 +80,6 @@ class ModelInfo:
             f"Channels: {channels}",
             f"Labels: {labels}",
         ]
-        if not self.verified:
-            lines.append("Card not yet verified (the engine checks it before every run).")
         return "\n".join(lines)
 
 
@@ -104,23 +87,15 @@ def read_model(path: Path) -> ModelInfo:
     """A bundle's card; a broken bundle is listed with its problem rather than hidden."""
     path = Path(path)
     try:
-        card, verified = read_card(path)
+        card = read_card(path)
     except Exception as e:  # a broken bundle must not break the model list
-        return ModelInfo(path, {}, verified=False, problem=str(e))
-    return ModelInfo(path, card, verified)
-
-
-def bundle_folders(folder: Path) -> list[Path]:
-    """Bundle folders directly inside `folder`, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if (p / CARD_NAME).is_file())
+        return ModelInfo(path, {}, problem=str(e))
+    return ModelInfo(path, card)
 
 
 def discover(folders: Iterable[Path]) -> list[ModelInfo]:
     """Every bundle in the given folders (bundled models first by convention of the caller)."""
-    return [read_model(p) for folder in folders for p in bundle_folders(folder)]
+    return [read_model(p) for folder in folders for p in find_bundles(folder)]
 
 
 def default_folders(user_folder: Path | None = None) -> list[Path]:
@@ -133,7 +108,7 @@ def next_version_folder(parent: ModelInfo, folders: Iterable[Path], user_folder:
     pattern = re.compile(rf"{re.escape(parent.name)}-v(\d+)")
     versions = [parent.version]
     for folder in [*folders, user_folder]:
-        for path in bundle_folders(folder):
+        for path in find_bundles(folder):
             info = read_model(path)
             if info.usable and info.name == parent.name:
                 versions.append(info.version)

@@ -9,10 +9,10 @@ from typing import Any
 
 import slicer
 
-from UHarmonyLib.volumes import ABSENT  # the engine's marker of an absent channel
+from UHarmonyLib.files.volumes import ABSENT  # the engine's marker of an absent channel
 from UHarmonySlicerLib.engine import EventCallback, Job, Outcome, Steps, engine_command
 from UHarmonySlicerLib.errors import InputRefused
-from UHarmonySlicerLib.gate import gate_chart, gate_table, link, unfamiliar_message
+from UHarmonySlicerLib.gate_display import gate_chart, gate_table, link, unfamiliar_message
 from UHarmonySlicerLib.models import ModelInfo
 from UHarmonySlicerLib.scene import all_or_nothing, place_beside
 from UHarmonySlicerLib.volumes import (

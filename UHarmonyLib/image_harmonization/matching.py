@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize.maps import piecewise_linear
-from UHarmonyLib.harmonize.mask import Voxels
+from UHarmonyLib.image_harmonization.maps import piecewise_linear
+from UHarmonyLib.image_harmonization.mask import Voxels
 
 SETTINGS: dict[str, Any] = {"quantiles": 257, "histogram_levels": 1024, "match_points": 64}
 REFERENCE_SAMPLE = 8192  # values drawn from the stored quantile function as the filter's reference

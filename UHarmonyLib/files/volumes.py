@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from UHarmonyLib.atomic import atomic_path, check_writable
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.atomic import atomic_path, check_writable
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 GEOMETRY_TOLERANCE = 1e-5

@@ -1,29 +1,21 @@
-"""Cases into model space with the inference engine's own functions, cached in memory.
+"""Loading a planned case from its files, as the engine reads a case.
 
 A case's channels are read as `uharmony segment` reads them (first present channel's
 grid; other channels resampled onto it), absent model channels become all-zero images
-on that grid, and `ModelSpace` + `model_input` (harmonization, if any, then
-normalization) make the arrays, so a trained bundle sees at inference exactly what it
-saw in training. Labels move to the model grid by nearest neighbour and become the
-case's group indices (see plan.py).
+on that grid, and its labels become the case's group indices (see plan.py). Training
+moves loaded cases into model space in `training.patches`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.data import MetaTensor
 
+from UHarmonyLib.data.plan import PlannedCase
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.preprocessing import ModelSpace, model_input
-from UHarmonyLib.training.plan import PlannedCase
-from UHarmonyLib.volumes import check_values, read_channels, same_grid
-from UHarmonyLib.windows import pad_to_roi
+from UHarmonyLib.files.volumes import check_values, read_channels, same_grid
 
 
 @dataclass
@@ -33,17 +25,6 @@ class LoadedCase:
     images: list[sitk.Image]
     groups_zyx: np.ndarray  # uint8 group index per voxel of the input grid
     present: list[int]  # model channels the case has (the others are zero images)
-
-
-@dataclass
-class PreparedCase:
-    """A training case in model space, padded to at least one patch, with crop-centre candidates."""
-
-    image: torch.Tensor  # (C, x, y, z) float32
-    target: torch.Tensor  # (1, x, y, z) uint8 group indices
-    fg: np.ndarray  # ravelled indices of lesion voxels
-    bg: np.ndarray  # ravelled indices of labelled-background voxels inside the head
-    present: list[int]
 
 
 def _read_4d(case: PlannedCase) -> list[sitk.Image]:
@@ -104,43 +85,6 @@ def load_case(case: PlannedCase, num_channels: int) -> LoadedCase:
         if g:
             groups[values == v] = g
     return LoadedCase(ordered, groups, sorted(case.channels))
-
-
-def _label_to_model(space: ModelSpace, groups_zyx: np.ndarray) -> np.ndarray:
-    """The group map on the model grid (x, y, z): nearest neighbour, never blended."""
-    img = sitk.GetImageFromArray(groups_zyx)
-    img.CopyInformation(space.reference)
-    if space.resampled:
-        moved = sitk.Resample(img, space.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    else:
-        moved = sitk.DICOMOrient(img, space.orientation)
-    return np.ascontiguousarray(sitk.GetArrayViewFromImage(moved).transpose(2, 1, 0))
-
-
-def prepare_case(
-    loaded: LoadedCase,
-    preprocessing: dict[str, Any],
-    patch: tuple[int, ...],
-    channels: Sequence[str] = (),
-    where: str = "training case",
-) -> PreparedCase:
-    """Model-space arrays exactly as the inference engine builds them, padded like its windows.
-
-    `channels` (the model's channel names) is needed when `preprocessing` harmonizes.
-    """
-    space = ModelSpace.for_image(loaded.images[0], preprocessing)
-    image = model_input(space, loaded.images, preprocessing, channels, where)
-    image = (image.as_tensor() if isinstance(image, MetaTensor) else image).float().contiguous()
-    target = torch.from_numpy(_label_to_model(space, loaded.groups_zyx))[None]
-    image = pad_to_roi(image[None], patch)[0]
-    target = pad_to_roi(target[None], patch)[0]
-    flat = target[0].numpy().ravel()
-    head = (image != 0).any(0).numpy().ravel()
-    fg = np.flatnonzero(flat > 0)
-    bg = np.flatnonzero((flat == 0) & head)
-    if bg.size == 0:
-        bg = np.flatnonzero(flat == 0)
-    return PreparedCase(image, target.to(torch.uint8), fg, bg, loaded.present)
 
 
 def model_spacing(images: list[sitk.Image], orientation: str) -> tuple[float, float, float]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from UHarmonyLib.harmonize.mask import Voxels
+from UHarmonyLib.image_harmonization.mask import Voxels
 
 SETTINGS: dict[str, Any] = {"shrink_mm": 8.0, "iterations": [50, 50, 50], "convergence": 0.001, "control_points": 4}
 

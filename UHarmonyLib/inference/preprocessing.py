@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
 
-from UHarmonyLib import harmonize
+from UHarmonyLib import image_harmonization
 
 SPACING_TOLERANCE = 1e-3
 
@@ -150,5 +150,5 @@ def model_input(
     """
     params = preprocessing.get("harmonize")
     if params is not None:
-        images = harmonize.apply_channels(images, params, channels, where)
+        images = image_harmonization.apply_channels(images, params, channels, where)
     return normalize(stack_channels(space, images), preprocessing["intensity"])

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from UHarmonyLib.bundle import sha256_file
 from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.checksum import sha256_file
 
 PALETTE = ["#d62728", "#ffbf00", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 KNOWN_COLORS = {"lesion core": "#d62728", "edema": "#ffbf00", "whole lesion": "#1f77b4"}

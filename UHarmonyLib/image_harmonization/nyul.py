@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize.maps import piecewise_linear, strictly_increasing
-from UHarmonyLib.harmonize.mask import Voxels
+from UHarmonyLib.image_harmonization.maps import piecewise_linear, strictly_increasing
+from UHarmonyLib.image_harmonization.mask import Voxels
 
 SETTINGS: dict[str, Any] = {"percentiles": [1.0, *(float(p) for p in range(10, 100, 10)), 99.0], "scale": [0.0, 100.0]}
 

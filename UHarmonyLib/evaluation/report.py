@@ -20,15 +20,15 @@ from typing import Any
 import SimpleITK as sitk
 import torch
 
-from UHarmonyLib.bundle import Bundle
+from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.datasets import read_dataset_json
+from UHarmonyLib.data.plan import Plan, PlannedCase, plan_training
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.gate import GateDecision
-from UHarmonyLib.inference import segment_volumes
+from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined, score_case
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.gate_decision import GateDecision
+from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter
-from UHarmonyLib.training.cases import load_case
-from UHarmonyLib.training.plan import Plan, PlannedCase, plan_training
-from UHarmonyLib.training.validation import WHOLE, mean_defined, score_case
 
 
 @dataclass

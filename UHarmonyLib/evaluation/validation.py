@@ -11,70 +11,20 @@ left out of the means.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-from UHarmonyLib.bundle import Bundle
-from UHarmonyLib.inference import segment_volumes
-from UHarmonyLib.nn import UHarmonyNet
+from UHarmonyLib.data.cases import LoadedCase
+from UHarmonyLib.data.plan import Plan, PlannedCase
+from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined, score_case
+from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.weights import Bundle
+from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
-from UHarmonyLib.training.cases import LoadedCase
-from UHarmonyLib.training.plan import Plan, PlannedCase
-
-WHOLE = "whole lesion"
-
-
-def mean_defined(values: Sequence[float | None]) -> float | None:
-    """Mean of the defined values (None left out), rounded for reports; None when none is defined."""
-    kept = [v for v in values if v is not None]
-    return round(float(np.mean(kept)), 4) if kept else None
-
-
-def _finite(x: torch.Tensor) -> float | None:
-    v = float(x.reshape(-1)[0])
-    return v if math.isfinite(v) else None
-
-
-def score_masks(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[float | None, float | None]:
-    """(Dice, 95 % Hausdorff distance in mm) of two binary (z, y, x) masks; None where undefined."""
-    p = torch.from_numpy(pred.astype(np.float32))[None, None]
-    t = torch.from_numpy(truth.astype(np.float32))[None, None]
-    if not t.any():
-        return None, None
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(p, t)
-    if not p.any():
-        return _finite(dice), None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
-            p, t, spacing=[float(s) for s in spacing_zyx]
-        )
-    return _finite(dice), _finite(hd)
-
-
-def score_case(
-    pred: np.ndarray,
-    groups: Sequence[Sequence[int]],
-    label_names: Sequence[str],
-    truth_groups: np.ndarray,
-    spacing_zyx: Sequence[float],
-) -> dict[str, tuple[float | None, float | None]]:
-    """(Dice, HD95) per label a case annotates, plus the whole lesion, scored in the case's own labels.
-
-    `groups[g]` lists the predicted label values that group g covers (group 0: background and
-    every value the case does not annotate); `truth_groups` holds the case's group index per voxel.
-    """
-    masks = {name: (np.isin(pred, groups[g]), truth_groups == g) for g, name in enumerate(label_names, start=1)}
-    masks.setdefault(WHOLE, (~np.isin(pred, groups[0]), truth_groups > 0))
-    return {name: score_masks(p, t, spacing_zyx) for name, (p, t) in masks.items()}
 
 
 def evaluate(

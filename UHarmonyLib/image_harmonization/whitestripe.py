@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize.mask import Voxels
+from UHarmonyLib.image_harmonization.mask import Voxels
 
 SETTINGS: dict[str, Any] = {"tau": 0.05, "bins": 512, "bandwidth": 1.0, "min_peak": 0.25}
 RULES = ("last", "first", "largest")

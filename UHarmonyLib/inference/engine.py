@@ -13,15 +13,16 @@ import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
 
-from UHarmonyLib.bundle import MIRROR_AXES, Bundle
-from UHarmonyLib.device import autocast, resolve_precision
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.gate import GateDecision, aggregate, given_site
-from UHarmonyLib.gate_bank import case_vector
-from UHarmonyLib.preprocessing import ModelSpace, model_input
+from UHarmonyLib.files.volumes import read_channels
+from UHarmonyLib.inference.device import autocast, resolve_precision
+from UHarmonyLib.inference.gate_decision import GateDecision, aggregate, given_site
+from UHarmonyLib.inference.preprocessing import ModelSpace, model_input
+from UHarmonyLib.inference.windows import pad_to_roi, window_slices
+from UHarmonyLib.model.card import MIRROR_AXES
+from UHarmonyLib.model.signature_bank import case_vector
+from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter, SilentReporter
-from UHarmonyLib.volumes import read_channels
-from UHarmonyLib.windows import pad_to_roi, window_slices
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize.mask import Voxels
+from UHarmonyLib.image_harmonization.mask import Voxels
 
 IQR_PER_SD = 1.349  # the interquartile range of a normal distribution, in standard deviations
 ZSCORE: dict[str, Any] = {}

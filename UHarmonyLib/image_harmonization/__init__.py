@@ -27,8 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.harmonize import matching, n4, nyul, scaling, whitestripe
-from UHarmonyLib.harmonize.mask import Voxels, voxels
+from UHarmonyLib.image_harmonization import matching, n4, nyul, scaling, whitestripe
+from UHarmonyLib.image_harmonization.mask import Voxels, voxels
 
 FORMAT = 1
 Samples = Iterable[tuple[str, np.ndarray]]  # (where, foreground intensities) per image

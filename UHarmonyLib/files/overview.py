@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from UHarmonyLib.atomic import atomic_path
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.atomic import atomic_path
 
 
 def write_overview(

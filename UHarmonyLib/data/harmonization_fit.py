@@ -9,9 +9,9 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from UHarmonyLib import harmonize
-from UHarmonyLib.training.cases import LoadedCase
-from UHarmonyLib.training.plan import Plan
+from UHarmonyLib import image_harmonization
+from UHarmonyLib.data.cases import LoadedCase
+from UHarmonyLib.data.plan import Plan
 
 
 def fit_on_cases(
@@ -32,4 +32,4 @@ def fit_on_cases(
                 where = str(case.entry.images[min(case.channels.index(index), len(case.entry.images) - 1)])
                 yield where, load(i).images[index]
 
-    return harmonize.fit(method, {c: images(c) for c in wanted})
+    return image_harmonization.fit(method, {c: images(c) for c in wanted})

@@ -1,4 +1,4 @@
-"""The bank of per-site gate vectors: the gate's memory of every site, without images.
+"""The signature bank: per-site gate vectors: the gate's memory of every site, without images.
 
 A bundle keeps the scanner signature of every training window (`gate_bank.safetensors`:
 vectors, their site and foreground weight). It serves two purposes. A softmax gate is
@@ -25,8 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from UHarmonyLib.errors import BundleError
-from UHarmonyLib.nn.gate import DomainGate
-from UHarmonyLib.windows import pad_to_roi, window_slices
+from UHarmonyLib.nn.gate_network import DomainGate
 
 BANK_NAME = "gate_bank.safetensors"
 SPREAD_FLOOR = 0.25  # in standardized units: a feature constant within a site still tolerates small shifts
@@ -34,7 +33,7 @@ THRESHOLD_MARGIN = 1.25  # above the largest leave-one-case-out distance of the 
 
 
 @dataclass
-class GateBank:
+class SignatureBank:
     """Gate-input vectors of training windows, with their site, case and foreground weight."""
 
     vectors: torch.Tensor  # (N, F) raw scanner signatures
@@ -84,10 +83,10 @@ class GateBank:
         self.threshold = float(max(found) * THRESHOLD_MARGIN) if found else float("inf")
         return self.threshold
 
-    def extended(self, other: GateBank) -> GateBank:
+    def extended(self, other: SignatureBank) -> SignatureBank:
         """This bank plus another one's vectors (whose sites and cases are numbered after ours)."""
         offset_case = int(self.cases.max()) + 1 if len(self.cases) else 0
-        return GateBank(
+        return SignatureBank(
             torch.cat([self.vectors, other.vectors]),
             torch.cat([self.sites, other.sites]),
             torch.cat([self.cases, other.cases + offset_case]),
@@ -105,7 +104,7 @@ class GateBank:
         save_file(tensors, str(path))
 
 
-def load_bank(path: Path, width: int, threshold: float) -> GateBank:
+def load_bank(path: Path, width: int, threshold: float) -> SignatureBank:
     """Read a bundle's bank (its threshold lives in the model card); refuse one that does not fit the gate."""
     try:
         t = load_file(str(path))
@@ -114,7 +113,7 @@ def load_bank(path: Path, width: int, threshold: float) -> GateBank:
     need = {"vectors", "sites", "cases", "weights"}
     if set(t) != need or t["vectors"].ndim != 2 or t["vectors"].shape[1] != width:
         raise BundleError(f"{path}: gate bank does not fit the gate ({width} features expected)")
-    return GateBank(t["vectors"], t["sites"], t["cases"], t["weights"], threshold)
+    return SignatureBank(t["vectors"], t["sites"], t["cases"], t["weights"], threshold)
 
 
 def standardize(gate: DomainGate, vectors: torch.Tensor) -> np.ndarray:
@@ -131,31 +130,3 @@ def case_vector(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """A case's signature: its windows' vectors weighted by foreground, as the gate's probabilities are."""
     w = np.asarray(weights, dtype=float) + 1e-3
     return (np.asarray(vectors, dtype=float) * w[:, None]).sum(0) / w.sum()
-
-
-@torch.no_grad()
-def window_vectors(
-    gate: DomainGate, image: torch.Tensor, roi: tuple[int, ...], overlap: float, batch: int = 4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signatures and foreground weights of the inference windows of one (C, *spatial) model-space image."""
-    padded = pad_to_roi(image[None], roi)
-    slices = window_slices(padded.shape[2:], roi, overlap)
-    vecs, weights = [], []
-    for start in range(0, len(slices), batch):
-        patches = torch.cat([padded[(slice(None), slice(None), *s)] for s in slices[start : start + batch]])
-        vecs.append(gate.features(patches).float().cpu())
-        weights.append((patches != 0).flatten(1).float().mean(1).cpu())
-    return torch.cat(vecs), torch.cat(weights)
-
-
-def build_bank(
-    gate: DomainGate, images: list[torch.Tensor], sites: list[int], roi: tuple[int, ...], overlap: float
-) -> GateBank:
-    """A bank from model-space case images (one per case) and their site indices."""
-    parts = [window_vectors(gate, img, roi, overlap) for img in images]
-    return GateBank(
-        torch.cat([v for v, _ in parts]),
-        torch.cat([torch.full((len(v),), s, dtype=torch.long) for (v, _), s in zip(parts, sites)]),
-        torch.cat([torch.full((len(v),), i, dtype=torch.long) for i, (v, _) in enumerate(parts)]),
-        torch.cat([w for _, w in parts]),
-    )

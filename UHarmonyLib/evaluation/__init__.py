@@ -1,0 +1,1 @@
+"""Evaluation: the one scoring rule (`scoring`), validation through the engine, dataset reports."""

@@ -1,0 +1,1 @@
+"""Files: atomic writes, checksums, SimpleITK volume reading and writing, PNG overviews."""

@@ -1,0 +1,1 @@
+"""Model bundles: the torch-free model card (`card`), the network weights (`weights`), the signature bank."""

@@ -1,0 +1,146 @@
+"""Model cards: read, check and list bundles without torch or MONAI.
+
+A bundle is a folder with safetensors weights and one JSON model card. No pickle
+anywhere. The card carries checksums of every file and of itself, so a truncated, edited
+or corrupted bundle is refused with a message naming the problem instead of producing
+wrong segmentations. This module is all the Slicer panel needs to list and describe
+models; `model.weights` loads the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from UHarmonyLib.errors import BundleError
+from UHarmonyLib.files.checksum import sha256_file
+from UHarmonyLib.image_harmonization import check_params
+from UHarmonyLib.nn.config import NetworkConfig
+
+FORMAT_VERSION = 1
+CARD_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "orientation": "RAS",
+    "spacing": [1.0, 1.0, 1.0],
+    "intensity": {"method": "zscore", "nonzero": True},
+}
+# Training flips every patch along these model-space axes (RandFlipd), so a trained model is
+# indifferent to them and inference may average over mirrored copies (test-time mirroring).
+# A card lists its own; a card without the key predates it and was trained with all three.
+MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
+DEFAULT_INFERENCE: dict[str, Any] = {
+    "patch_size": [96, 96, 96],
+    "overlap": 0.5,
+    "blend": "gaussian",
+    "batch_size": 1,
+    "familiar_entropy": 0.5,
+    "mirror_axes": list(MIRROR_AXES),
+}
+
+
+def card_digest(card: dict[str, Any]) -> str:
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """Read and verify a bundle's model card (not its weights)."""
+    path = Path(path)
+    card_path = path / CARD_NAME
+    if not path.exists():
+        raise BundleError(f"{path}: model bundle not found")
+    if not card_path.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {CARD_NAME})")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{card_path}: model card is not valid JSON ({e}); the file may be truncated") from e
+    if not isinstance(card, dict):
+        raise BundleError(f"{card_path}: model card must be a JSON object")
+    version = card.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{card_path}: model card has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version} is newer than this reader ({FORMAT_VERSION}); update UHarmony"
+        )
+    if card.get("card_sha256") != card_digest(card):
+        raise BundleError(f"{card_path}: model card was modified after the bundle was written (checksum mismatch)")
+    validate_card(card, path)
+    return card
+
+
+def validate_card(card: dict[str, Any], path: Path) -> None:
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise BundleError(f"{path}: invalid model card: {what}")
+
+    for key in ("name", "version", "architecture", "sites", "channels", "labels", "preprocessing", "inference"):
+        need(key in card, f"missing '{key}'")
+    need(isinstance(card["channels"], list) and card["channels"], "'channels' must be a non-empty list")
+    for c in card["channels"]:
+        need(isinstance(c, dict) and {"name", "modality"} <= set(c), "each channel needs 'name' and 'modality'")
+    need(isinstance(card["labels"], list) and card["labels"], "'labels' must be a non-empty list")
+    for lab in card["labels"]:
+        need(isinstance(lab, dict) and {"value", "name", "color"} <= set(lab), "each label needs value, name, color")
+        need(isinstance(lab["value"], int) and lab["value"] > 0, f"label value {lab['value']!r} must be a positive int")
+    values = [lab["value"] for lab in card["labels"]]
+    need(len(set(values)) == len(values), "label values must be unique")
+    need(isinstance(card["sites"], list) and card["sites"], "'sites' must be a non-empty list")
+    names = [s.get("name") for s in card["sites"] if isinstance(s, dict)]
+    need(len(names) == len(card["sites"]) and all(isinstance(n, str) and n for n in names), "each site needs a name")
+    need(len(set(names)) == len(names), "site names must be unique")
+    try:
+        cfg = NetworkConfig.from_dict(card["architecture"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}: unsupported architecture in model card: {e}") from e
+    need(cfg.in_channels == len(card["channels"]), "architecture in_channels differs from the channel list")
+    need(cfg.out_channels == len(card["labels"]) + 1, "architecture out_channels differs from labels + background")
+    need(cfg.num_sites == len(card["sites"]), "architecture num_sites differs from the site list")
+    patch = card["inference"].get("patch_size")
+    need(isinstance(patch, list) and len(patch) == cfg.spatial_dims, "inference patch_size must list one size per axis")
+    step = 32 if cfg.backbone == "swinunetr" else 2 ** (len(cfg.filters) - 1)
+    smallest = 64 if cfg.backbone == "swinunetr" else step
+    need(
+        all(isinstance(p, int) and p % step == 0 and p >= smallest for p in patch),
+        f"patch_size {patch} must be multiples of {step}, at least {smallest}, for this {cfg.backbone}",
+    )
+    mirror = card["inference"].get("mirror_axes", list(MIRROR_AXES))
+    need(
+        isinstance(mirror, list) and len(set(mirror)) == len(mirror) and all(a in (0, 1, 2) for a in mirror),
+        f"inference mirror_axes {mirror!r} must list distinct axes among 0, 1, 2",
+    )
+    spacing = card["preprocessing"].get("spacing")
+    need(isinstance(spacing, list) and len(spacing) == 3 and all(s > 0 for s in spacing), "spacing must be 3 positives")
+    if "harmonize" in card["preprocessing"]:
+        problem = check_params(card["preprocessing"]["harmonize"])
+        need(problem is None, f"preprocessing.harmonize: {problem}")
+
+
+def verify_files(path: Path, card: dict[str, Any]) -> None:
+    files = card.get("files") or {}
+    if WEIGHTS_NAME not in files:
+        raise BundleError(f"{path}: model card lists no {WEIGHTS_NAME} checksum")
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{f}: file listed in the model card is missing")
+        size = f.stat().st_size
+        if size < meta["bytes"]:
+            raise BundleError(f"{f}: truncated ({size} of {meta['bytes']} bytes)")
+        if size != meta["bytes"]:
+            raise BundleError(f"{f}: size {size} differs from the model card's {meta['bytes']} bytes (tampered)")
+        if sha256_file(f) != meta["sha256"]:
+            raise BundleError(f"{f}: checksum differs from the model card (tampered or corrupted)")
+
+
+def find_bundles(folder: Path) -> list[Path]:
+    """Bundle folders directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / CARD_NAME).is_file())
