@@ -155,6 +155,118 @@ def _dataset_name(file: Path, data: dict[str, Any]) -> str:
     return str(name) if isinstance(name, str) and name.strip() else file.parent.name
 
 
+@dataclass
+class _Spaces:
+    """The union channel and label spaces, grown dataset by dataset (a model card's entries first)."""
+
+    channels: list[str]
+    modalities: dict[str, str]
+    union: list[str]
+    colors: dict[str, str]
+    merges: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of_card(cls, base_channels: Sequence[dict[str, str]], base_labels: Sequence[dict[str, Any]]) -> _Spaces:
+        return cls(
+            channels=[c["name"] for c in base_channels],
+            modalities={c["name"]: c["modality"] for c in base_channels},
+            union=[lab["name"] for lab in base_labels],
+            colors={lab["name"]: lab["color"] for lab in base_labels},
+        )
+
+    def add(self, file: Path, data: dict[str, Any]) -> list[str]:
+        """Merge one dataset's channels, labels, merges and colors; its channel names in order."""
+        names = _names(data.get("channel_names") or data.get("modality"))
+        if not names:
+            raise InputError(f"{file}: no channel_names (or modality) map; cannot tell the channels")
+        modality = _value_table(data.get("modality"))
+        for i, c in enumerate(names):
+            if c not in self.channels:
+                self.channels.append(c)
+                m = modality.get(i, c)
+                self.modalities[c] = m if m != c else "MR"
+        for n in _names(data.get("labels")):
+            if n != "background" and n not in self.union:
+                self.union.append(n)
+        for k, v in (data.get("merges") or {}).items():
+            self.merges.setdefault(str(k), [str(m) for m in v])
+        self.colors.update({k: v for k, v in _label_colors(data).items() if k not in self.colors})
+        return names
+
+    def labels(self) -> list[dict[str, Any]]:
+        return [
+            {"value": k + 1, "name": n, "color": self.colors.get(n) or KNOWN_COLORS.get(n) or PALETTE[k % len(PALETTE)]}
+            for k, n in enumerate(self.union)
+        ]
+
+
+def _dataset_record(file: Path, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": str(file.resolve()),
+        "name": _dataset_name(file, data),
+        "sha256": sha256_file(file),
+        "mni_template": "MNI ICBM152" in str(data.get("description", "")),
+    }
+
+
+def _value_names(data: dict[str, Any], i: int, site_name: str) -> dict[int, str]:
+    """Label value -> name of training case i: its own list, its site's label set, or the dataset's labels."""
+    own = data["training"][i].get("labels")
+    if isinstance(own, list):  # the case's own label names, values 1..n
+        return {k + 1: str(n) for k, n in enumerate(own)}
+    label_sets = data.get("label_sets") if isinstance(data.get("label_sets"), dict) else {}
+    if site_name in label_sets:
+        return {k: v for k, v in _value_table(label_sets[site_name]).items() if k != 0}
+    return {k: v for k, v in _value_table(data.get("labels")).items() if k != 0}  # plain MSD
+
+
+def _plan_dataset(
+    file: Path,
+    data: dict[str, Any],
+    entries: list[CaseEntry],
+    names: list[str],
+    spaces: _Spaces,
+    sites: dict[str, Site],
+    cases: list[PlannedCase],
+) -> None:
+    """Check each case of one dataset and append it, in the union spaces, to `cases` and its site."""
+    default_site = _dataset_name(file, data)
+    for i, entry in enumerate(entries):
+        where = f"{file}: training[{i}] ({entry.case})"
+        unknown = [c for c in entry.channels if c not in names]
+        if unknown:
+            raise InputError(f"{where}: channel '{unknown[0]}' is not in the dataset's channel_names")
+        four_d = len(entry.images) == 1 and len(entry.channels) > 1
+        if not entry.channels or (len(entry.channels) != len(entry.images) and not four_d):
+            raise InputError(f"{where}: {len(entry.images)} image file(s) but channels {entry.channels}")
+        site_name = entry.site or default_site
+        value_map, groups, group_names = _groups(_value_names(data, i, site_name), spaces.union, spaces.merges, where)
+        site = sites.setdefault(site_name, Site(site_name, str(file.resolve())))
+        site.cases.append(len(cases))
+        cases.append(
+            PlannedCase(
+                entry=entry,
+                site=list(sites).index(site_name),
+                channels=[spaces.channels.index(c) for c in entry.channels],
+                label_names=group_names,
+                value_map=value_map,
+                groups=groups,
+                four_d=four_d,
+            )
+        )
+
+
+def _hold_out(sites: list[Site], val_fraction: float, seed: int) -> None:
+    """A seeded share of each site with at least 3 cases for validation, the rest for training."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
+    for s in sites:
+        n = len(s.cases)
+        held = 0 if n < 3 or val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
+        order = rng.permutation(n)
+        s.val = sorted(s.cases[k] for k in order[:held])
+        s.train = sorted(s.cases[k] for k in order[held:])
+
+
 def plan_training(
     paths: list[Path],
     val_fraction: float,
@@ -167,98 +279,26 @@ def plan_training(
     `base_channels` / `base_labels` (a model card's) come first in the union spaces, so an
     existing model's channel and class indices hold for the planned cases.
     """
-    channels: list[str] = [c["name"] for c in base_channels]
-    modalities: dict[str, str] = {c["name"]: c["modality"] for c in base_channels}
-    union: list[str] = [lab["name"] for lab in base_labels]
-    merges: dict[str, list[str]] = {}
-    colors: dict[str, str] = {lab["name"]: lab["color"] for lab in base_labels}
+    spaces = _Spaces.of_card(base_channels, base_labels)
     loaded = []
-    datasets = []
     for path in paths:
         file, data = read_dataset_json(path)
         entries = read_dataset(path)
-        names = _names(data.get("channel_names") or data.get("modality"))
-        if not names:
-            raise InputError(f"{file}: no channel_names (or modality) map; cannot tell the channels")
-        modality = _value_table(data.get("modality"))
-        for i, c in enumerate(names):
-            if c not in channels:
-                channels.append(c)
-                m = modality.get(i, c)
-                modalities[c] = m if m != c else "MR"
-        for n in _names(data.get("labels")):
-            if n != "background" and n not in union:
-                union.append(n)
-        for k, v in (data.get("merges") or {}).items():
-            merges.setdefault(str(k), [str(m) for m in v])
-        colors.update({k: v for k, v in _label_colors(data).items() if k not in colors})
-        loaded.append((file, data, entries, names))
-        datasets.append(
-            {
-                "path": str(file.resolve()),
-                "name": _dataset_name(file, data),
-                "sha256": sha256_file(file),
-                "mni_template": "MNI ICBM152" in str(data.get("description", "")),
-            }
-        )
-    if not union:
+        loaded.append((file, data, entries, spaces.add(file, data)))
+    if not spaces.union:
         raise InputError(f"{paths[0]}: the dataset defines no labels besides background")
-
     sites: dict[str, Site] = {}
     cases: list[PlannedCase] = []
     for file, data, entries, names in loaded:
-        default_site = _dataset_name(file, data)
-        label_sets = data.get("label_sets") if isinstance(data.get("label_sets"), dict) else {}
-        dataset_labels = _value_table(data.get("labels"))
-        for i, entry in enumerate(entries):
-            where = f"{file}: training[{i}] ({entry.case})"
-            unknown = [c for c in entry.channels if c not in names]
-            if unknown:
-                raise InputError(f"{where}: channel '{unknown[0]}' is not in the dataset's channel_names")
-            four_d = len(entry.images) == 1 and len(entry.channels) > 1
-            if not entry.channels or (len(entry.channels) != len(entry.images) and not four_d):
-                raise InputError(f"{where}: {len(entry.images)} image file(s) but channels {entry.channels}")
-            site_name = entry.site or default_site
-            own = data["training"][i].get("labels")
-            if isinstance(own, list):  # the case's own label names, values 1..n
-                value_names = {k + 1: str(n) for k, n in enumerate(own)}
-            elif site_name in label_sets:
-                value_names = {k: v for k, v in _value_table(label_sets[site_name]).items() if k != 0}
-            else:  # plain MSD: the dataset's labels with their own values
-                value_names = {k: v for k, v in dataset_labels.items() if k != 0}
-            value_map, groups, group_names = _groups(value_names, union, merges, where)
-            site = sites.setdefault(site_name, Site(site_name, str(file.resolve())))
-            site.cases.append(len(cases))
-            cases.append(
-                PlannedCase(
-                    entry=entry,
-                    site=list(sites).index(site_name),
-                    channels=[channels.index(c) for c in entry.channels],
-                    label_names=group_names,
-                    value_map=value_map,
-                    groups=groups,
-                    four_d=four_d,
-                )
-            )
+        _plan_dataset(file, data, entries, names, spaces, sites, cases)
     if not cases:
         raise InputError(f"{paths[0]}: no training cases")
-    site_list = list(sites.values())
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    for s in site_list:
-        n = len(s.cases)
-        held = 0 if n < 3 or val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
-        order = rng.permutation(n)
-        s.val = sorted(s.cases[k] for k in order[:held])
-        s.train = sorted(s.cases[k] for k in order[held:])
-    labels = [
-        {"value": k + 1, "name": n, "color": colors.get(n) or KNOWN_COLORS.get(n) or PALETTE[k % len(PALETTE)]}
-        for k, n in enumerate(union)
-    ]
+    _hold_out(list(sites.values()), val_fraction, seed)
     return Plan(
-        channels=channels,
-        modalities=[modalities[c] for c in channels],
-        labels=labels,
-        sites=site_list,
+        channels=spaces.channels,
+        modalities=[spaces.modalities[c] for c in spaces.channels],
+        labels=spaces.labels(),
+        sites=list(sites.values()),
         cases=cases,
-        datasets=datasets,
+        datasets=[_dataset_record(file, data) for file, data, _, _ in loaded],
     )
