@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import math
 import os
@@ -237,3 +238,17 @@ def assert_same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-5) -> None:
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=tol, rtol=0)
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=tol, rtol=0)
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=tol, rtol=0)
+
+
+def results_renderer(figure_file: str) -> Callable[[dict[str, Any]], list[str]]:
+    """The renderer scripts/results_md.py registers for docs/results/FIGURE_FILE, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RENDERERS[figure_file]
+
+
+def is_fraction(value: Any) -> bool:
+    """A finite number in [0, 1], as every Dice, accuracy and share in the figure files must be."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from conftest import REPO
+from conftest import REPO, is_fraction, results_renderer
 
 CONFIGS = ["plain", "harmonized", "uharmony", "both"]
 RECOMMENDATIONS = {"neither needed", "harmonize data", "personalize the model", "both"}
-
-
-def _renderer() -> Callable[[dict[str, Any]], list[str]]:
-    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.RENDERERS["adapt_or_harmonize.json"] is module.render_adapt_or_harmonize
-    return module.render_adapt_or_harmonize
-
-
-def _fraction(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def test_quick_run_writes_both_scenarios_and_renders_them(tmp_path: Path) -> None:
@@ -48,13 +31,13 @@ def test_quick_run_writes_both_scenarios_and_renders_them(tmp_path: Path) -> Non
             ("instance", None), ("instance", "nyul"), ("uharmony", None), ("uharmony", "nyul"),
         ]  # fmt: skip
         for r in rows:
-            assert all(_fraction(v) for v in [r["dice_mean"], r["dice_std"], *r["per_site"].values()]), r
+            assert all(is_fraction(v) for v in [r["dice_mean"], r["dice_std"], *r["per_site"].values()]), r
             assert set(r["per_site"]) == set(scenario["sites"]) and len(r["per_site"]) == 4
         assert scenario["winner"] in CONFIGS and isinstance(scenario["matches"], bool)
         assert scenario["recommendation"] in RECOMMENDATIONS
     assert doc["command"].startswith("python benchmarks/adapt_or_harmonize.py --quick") and doc["seconds"] > 0
     assert doc["settings"]["torch_threads"] == 1 and doc["settings"]["seeds"] == [0]
 
-    markdown = "\n".join(_renderer()(doc))
+    markdown = "\n".join(results_renderer("adapt_or_harmonize.json")(doc))
     assert "| config | norm | harmonize |" in markdown and "### appearance" in markdown and "### structural" in markdown
     assert all(f"`{c}`" in markdown for c in CONFIGS) and "Winner:" in markdown and "Command:" in markdown

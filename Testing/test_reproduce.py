@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, is_fraction, results_renderer
 
 DYNUNET = (
     "separate",
@@ -27,18 +24,6 @@ DYNUNET = (
 )
 SWINUNETR = ("joint_instance", "uharmony_given", "uharmony_gated")
 TRAINING_SITES = {"hospital-a", "hospital-b", "hospital-c", "hospital-d"}
-
-
-def _render_reproduce() -> Callable[[dict[str, Any]], list[str]]:
-    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.render_reproduce
-
-
-def _fraction(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def _quick(script: str, out: Path, work: Path, *extra: str) -> dict[str, Any]:
@@ -65,16 +50,16 @@ def test_quick_run_writes_every_row_and_renders_them(quick_table: tuple[dict[str
     assert set(rows) == {("dynunet", m) for m in DYNUNET} | {("swinunetr", m) for m in SWINUNETR}
     for (_, method), r in rows.items():
         assert set(r["per_site"]) == ({"hospital-e"} if method.startswith("addsite") else TRAINING_SITES), method
-        assert all(_fraction(v) for v in [r["dice_mean"], r["dice_std"], *r["per_site"].values()]), r
+        assert all(is_fraction(v) for v in [r["dice_mean"], r["dice_std"], *r["per_site"].values()]), r
         one_site = "cases" if method.startswith("addsite") else "sites"
         assert r["spread"] == ("seeds" if len(r["seeds"]) > 1 else one_site) and r["steps"] > 0
     given, gated = rows[("dynunet", "uharmony_given")], rows[("dynunet", "uharmony_gated")]
     assert given["seeds"] == gated["seeds"] == rows[("dynunet", "joint_instance")]["seeds"] == [0, 1]
-    assert _fraction(gated["gate_accuracy"]) and _fraction(rows[("dynunet", "addsite_uharmony")]["gate_accuracy"])
+    assert is_fraction(gated["gate_accuracy"]) and is_fraction(rows[("dynunet", "addsite_uharmony")]["gate_accuracy"])
     assert doc["command"].startswith("python benchmarks/reproduce.py --quick") and doc["seconds"] > 0
     assert doc["settings"]["torch_threads"] == 1 and doc["notes"]
 
-    markdown = "\n".join(_render_reproduce()(doc))
+    markdown = "\n".join(results_renderer("reproduce.json")(doc))
     assert "| method | backbone |" in markdown and "| goal | value | met |" in markdown
     assert all(f"`{m}`" in markdown for m in DYNUNET) and "swinunetr" in markdown
 
@@ -122,6 +107,6 @@ def test_ablation_reuses_the_table_and_pairs_a_variant_seed_by_seed(
     old = {o["method"]: o for o in doc["addsite_old_sites"]}
     assert list(old) == methods and "change" not in old["addsite_scratch"]
     for o in old.values():
-        assert set(o["per_site_after"]) == TRAINING_SITES and _fraction(o["old_sites_after"])
+        assert set(o["per_site_after"]) == TRAINING_SITES and is_fraction(o["old_sites_after"])
         if "change" in o:
             assert o["change"] == round(o["old_sites_after"] - o["old_sites_before"], 4)

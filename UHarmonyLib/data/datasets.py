@@ -26,10 +26,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from UHarmonyLib import __version__
+from UHarmonyLib.data.labels import FULL_LABELS, WHOLE_LABEL
 from UHarmonyLib.data.spec import GENERATOR, SynthSpec, site_to_json
-from UHarmonyLib.data.synth import CHANNELS, FULL_LABELS, WHOLE_LABEL, Case, SiteSpec, make_case
+from UHarmonyLib.data.synth import CHANNELS, Case, SiteSpec, make_case
 from UHarmonyLib.data.template import MNI_NOTICE, load_template
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.json_file import read_json
 
 DATASET_JSON = "dataset.json"
 IMAGES, LABELS = "imagesTr", "labelsTr"
@@ -144,12 +146,7 @@ def read_dataset_json(path: Path) -> tuple[Path, dict[str, Any]]:
     """(the dataset.json path, its contents) for a dataset folder or its dataset.json; one-line errors."""
     path = Path(path)
     file = path / DATASET_JSON if path.is_dir() else path
-    if not file.is_file():
-        raise InputError(f"{file}: dataset file not found")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{file}: not valid JSON ({e})") from e
+    data = read_json(file, "dataset file")
     if isinstance(data, dict) and "training" not in data and "file_ending" in data:
         data["training"] = _nnunet_training(file, data)
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):

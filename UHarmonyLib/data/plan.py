@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
+from UHarmonyLib.data.labels import KNOWN_COLORS
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
 
 PALETTE = ["#d62728", "#ffbf00", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-KNOWN_COLORS = {"lesion core": "#d62728", "edema": "#ffbf00", "whole lesion": "#1f77b4"}
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 from UHarmonyLib.data.synth import CHANNELS, DEFAULT_CONTRAST, REGIONS, TISSUES, LesionSpec, SiteSpec
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.files.json_file import read_json
 
 GENERATOR = "uharmony synth"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a file-name prefix: no spaces or slashes
@@ -383,12 +384,7 @@ def parse_spec(data: Any, source: str, scenario: str | None = None) -> SynthSpec
 
 def load_spec(path: Path) -> SynthSpec:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: spec file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable JSON spec ({e})") from e
+    data = read_json(path, "spec file", unreadable="not a readable JSON spec")
     return parse_spec(data, str(path), scenario=path.name)
 
 

@@ -24,13 +24,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from UHarmonyLib.data.labels import FULL_LABELS, WHOLE_LABEL
 from UHarmonyLib.data.template import Template
 
 CORE, EDEMA = 1, 2
 TISSUES = ("csf", "gm", "wm", "core", "edema")
 CHANNELS = ("T1", "T2", "FLAIR")
-FULL_LABELS = ("lesion core", "edema")  # values 1 and 2
-WHOLE_LABEL = "whole lesion"  # value 1 of a coarse ("whole") annotation: core and edema merged
 REGIONS = ("any", "left", "right", "anterior", "posterior", "deep", "superficial")
 ORIENTATION_AXES = ("RL", "AP", "SI")
 

@@ -19,7 +19,9 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-WHOLE = "whole lesion"
+from UHarmonyLib.data.labels import WHOLE_LABEL
+
+WHOLE = WHOLE_LABEL  # every label > 0 together
 
 
 def mean_defined(values: Sequence[float | None]) -> float | None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from UHarmonyLib.data.plan import KNOWN_COLORS, PALETTE
+from UHarmonyLib.data.labels import KNOWN_COLORS
+from UHarmonyLib.data.plan import PALETTE
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
