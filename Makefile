@@ -1,10 +1,11 @@
 # The two set-up commands of README.md: `make demo` (main job) and `make test` (whole suite).
+# `make test-fast`: the same checks with the tests marked slow left out (minutes instead of ~10).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,10 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/uharmony demo --out out/demo
 
-test: $(STAMP)
+test: lint
+	$(BIN)/python -m pytest -q Testing
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" Testing
+
+# ruff and the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib)
+lint: $(STAMP)
 	$(BIN)/ruff check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
 	$(BIN)/ruff format --check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
-	$(BIN)/python -m pytest -q Testing
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, is_fraction, results_renderer
 
 CONFIGS = ["plain", "harmonized", "uharmony", "both"]
 RECOMMENDATIONS = {"neither needed", "harmonize data", "personalize the model", "both"}
 
 
+@pytest.mark.slow  # a benchmark --quick run
 def test_quick_run_writes_both_scenarios_and_renders_them(tmp_path: Path) -> None:
     out = tmp_path / "adapt_or_harmonize.json"
     command = ["benchmarks/adapt_or_harmonize.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work")]

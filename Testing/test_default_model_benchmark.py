@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, run_main
 
 from UHarmonyLib.training import TrainConfig, train
@@ -23,6 +24,7 @@ KEYS = (
 )
 
 
+@pytest.mark.slow  # a benchmark --quick run
 def test_figures_script_writes_every_key(tmp_path: Path) -> None:
     run = run_main("synth", "--scenario", "mixed", "--out", tmp_path / "data", "--spacing", 4, "--cases-per-site", 2)
     assert run.code == 0, run

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import assert_same_grid, run_subprocess
 
@@ -24,6 +25,7 @@ def test_bundled_model_loads_and_matches_the_sample() -> None:
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(truth))))) >= {0, 1}
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_end_to_end(tmp_path: Path) -> None:
     """`uharmony demo` (a real process) writes every output and reports a gate decision and a non-trivial Dice."""
     run = run_subprocess("demo", "--out", tmp_path, "--progress", "json")

@@ -60,6 +60,7 @@ def _check_report(out: Path) -> dict[str, Any]:
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow  # a whole diagnose run with training
 def test_appearance_shift_recommends_harmonizing(tmp_path: Path) -> None:
     data = _synth("appearance", tmp_path / "data")
     out = tmp_path / "report"
@@ -78,6 +79,7 @@ def test_appearance_shift_recommends_harmonizing(tmp_path: Path) -> None:
     assert len(summary["cases"]) == 12 and "model" not in summary
 
 
+@pytest.mark.slow  # a whole diagnose run with training
 def test_structural_shift_recommends_personalizing(structural: Path, random_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     run = run_main("diagnose", "--data", structural, "--model", random_model, "--out", out)

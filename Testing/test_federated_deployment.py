@@ -32,6 +32,8 @@ from UHarmonyLib.federated.split import shared_names, site_tensor_names
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.model.weights import load_bundle
 
+pytestmark = pytest.mark.slow  # real Flower deployments: minutes
+
 SITES = {
     "north": {"channels": ["T1", "FLAIR"], "lesions": {"count": [2, 2], "radius_mm": [8, 10]}},
     "south": {"channels": ["T1", "FLAIR"], "gamma": 0.6, "scale": 3000.0, "lesions": {"count": [2, 2]}},

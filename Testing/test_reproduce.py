@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from conftest import REPO, is_fraction, results_renderer
 
+pytestmark = pytest.mark.slow  # benchmark --quick runs
+
 DYNUNET = (
     "separate",
     "joint_instance",

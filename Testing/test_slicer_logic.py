@@ -268,6 +268,7 @@ def test_unfit_inputs_are_refused_before_anything_is_added(scene, model, two_cha
 # ---------------------------------------------------------------- cohort
 
 
+@pytest.mark.slow  # a cohort of real engine runs (test_segment_end_to_end covers one case)
 def test_cohort_of_folder_files_and_a_scene_volume(scene, model, case, tmp_path: Path) -> None:
     """Two cases segmented, one the engine refuses (a damaged file): its row says why and the run goes on."""
     folder = tmp_path / "cases"

@@ -127,6 +127,7 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 
+@pytest.mark.slow  # kill and resume: two real training processes
 def test_resume_after_sigkill_continues_exactly(easy: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     work = tmp_path / "killed.work"

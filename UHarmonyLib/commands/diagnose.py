@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.options import DEVICE, PROGRESS, Option, Verbs, add_command, to_argv
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
 SHOWN = 6  # findings printed to the terminal; the report lists all
+OPTIONS = [
+    Option("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder"),
+    Option("--model", type=Path, metavar="BUNDLE", help="add the model's evidence (gate, Dice)"),
+    Option("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json"),
+    DEVICE,
+    PROGRESS,
+]
+
+
+def add_parser(verbs: Verbs) -> None:
+    add_command(verbs, "diagnose", "do sites differ in appearance, structure, both or neither? (HTML report)", OPTIONS)
 
 
 def command_line(args: argparse.Namespace) -> str:
-    model = f" --model {args.model}" if args.model else ""
-    return f"uharmony diagnose --data {args.data}{model} --out {args.out}"
+    """The command that reproduces the report (the device does not change it)."""
+    values = {k: getattr(args, k) for k in ("data", "model", "out")}
+    return shlex.join(["uharmony", "diagnose", *to_argv(OPTIONS, values)])
 
 
 def check_out(out: Path) -> None:

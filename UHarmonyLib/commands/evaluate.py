@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from UHarmonyLib import __version__
+from UHarmonyLib.data.labels import WHOLE_LABEL as WHOLE
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.evaluation.report import evaluate_dataset, map_dataset
-from UHarmonyLib.evaluation.scoring import WHOLE
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.inference.device import resolve_device
-from UHarmonyLib.model.weights import load_bundle
+from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, to_argv
 from UHarmonyLib.progress import JsonReporter, Reporter
+
+OPTIONS = [
+    Option("--model", required=True, type=Path, help="model bundle folder"),
+    Option("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder"),
+    Option("--out", required=True, type=Path, metavar="REPORT.json", help="a REPORT.md is written beside it"),
+    Option("--site", default="auto", choices=("auto", "given"), help="auto: the gate; given: each case's site"),
+    DEVICE,
+    NO_MIRROR,
+    PROGRESS,
+]
+
+
+def add_parser(verbs: Verbs) -> None:
+    add_command(verbs, "evaluate", "score a model bundle on a labelled dataset: Dice, HD95, gate accuracy", OPTIONS)
 
 
 def markdown_path(out: Path) -> Path:
@@ -32,10 +45,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def command_line(args: argparse.Namespace) -> str:
     """A command line that reproduces the report."""
-    return (
-        f"uharmony evaluate --model {args.model} --data {args.data} --out {args.out} "
-        f"--site {args.site} --device {args.device}"
-    )
+    values = {k: v for k, v in vars(args).items() if k != "progress"}
+    return shlex.join(["uharmony", "evaluate", *to_argv(OPTIONS, values, always=("site", "device"))])
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -113,6 +124,10 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
 
 def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Check everything, score every case, then write the JSON report and its Markdown summary atomically."""
+    from UHarmonyLib.evaluation.report import evaluate_dataset, map_dataset
+    from UHarmonyLib.inference.device import resolve_device
+    from UHarmonyLib.model.weights import load_bundle
+
     start = time.perf_counter()
     check_outputs(args)
     device = resolve_device(args.device)

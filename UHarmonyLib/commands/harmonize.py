@@ -10,8 +10,24 @@ from typing import Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.files.volumes import check_output_path, read_volume, write_volume
+from UHarmonyLib.files.json_file import read_json
+from UHarmonyLib.options import PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
+
+OPTIONS = [
+    Option("--method", help="n4, zscore, percentile, nyul, match or whitestripe (or from --params)"),
+    Option("--fit", type=Path, metavar="DATASET_JSON", help="learn the parameters from this dataset"),
+    Option("--channel", metavar="NAME", help="the image's channel (needed when there are several)"),
+    Option("--in", dest="input", required=True, type=Path, metavar="FILE", help="the image to harmonize"),
+    Option("--out", required=True, type=Path, metavar="FILE", help="the harmonized image"),
+    Option("--params-out", type=Path, metavar="JSON", help="write the fitted parameters"),
+    Option("--params", type=Path, metavar="JSON", help="parameters from --params-out, or a model bundle"),
+    PROGRESS,
+]
+
+
+def add_parser(verbs: Verbs) -> None:
+    add_command(verbs, "harmonize", "harmonize one image's intensities (fitted on a dataset if needed)", OPTIONS)
 
 
 def load_params(path: Path) -> dict[str, Any]:
@@ -25,12 +41,7 @@ def load_params(path: Path) -> dict[str, Any]:
         if params is None:
             raise InputError(f"{bundle}: this model was trained without harmonization; it has no parameters")
         return params
-    if not path.is_file():
-        raise InputError(f"{path}: parameter file not found")
-    try:
-        params = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from e
+    params = read_json(path, "parameter file")
     problem = image_harmonization.check_params(params)
     if problem:
         raise InputError(f"{path}: {problem}")
@@ -93,6 +104,8 @@ def _channel(params: dict[str, Any], channel: str | None, needs_fit: bool) -> st
 
 
 def check_outputs(args: argparse.Namespace) -> None:
+    from UHarmonyLib.files.volumes import check_output_path
+
     check_output_path(args.out)
     if args.out.resolve() == args.input.resolve():
         raise InputError(f"{args.out}: output would overwrite the input")
@@ -105,6 +118,7 @@ def check_outputs(args: argparse.Namespace) -> None:
 def run_harmonize(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Resolve the parameters, harmonize --in, write --out (and --params-out) atomically."""
     from UHarmonyLib import image_harmonization
+    from UHarmonyLib.files.volumes import read_volume, write_volume
 
     start = time.perf_counter()
     check_outputs(args)

@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import BundleError
-from UHarmonyLib.model.card import find_bundles
-from UHarmonyLib.model.weights import load_bundle
+from UHarmonyLib.options import Option, Verbs, add_command
 from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
+
+INFO_OPTIONS = [Option("path", type=Path), Option("--json", action="store_true", help="print the card as JSON")]
+LIST_OPTIONS = [Option("folders", nargs="*", type=Path), Option("--json", action="store_true")]
+
+
+def add_parser(verbs: Verbs) -> None:
+    sub = verbs.add_parser("models", help="inspect model bundles").add_subparsers(dest="models_verb", required=True)
+    add_command(sub, "info", "print a bundle's model card", INFO_OPTIONS)
+    add_command(sub, "list", "list bundles in the bundled and user model folders", LIST_OPTIONS)
 
 
 def format_card(card: dict[str, Any], path: Path) -> str:
@@ -50,6 +58,9 @@ def format_card(card: dict[str, Any], path: Path) -> str:
 
 
 def run_models(args: argparse.Namespace) -> None:
+    from UHarmonyLib.model.card import find_bundles
+    from UHarmonyLib.model.weights import load_bundle
+
     if args.models_verb == "info":
         card = load_bundle(args.path).card
         print(json.dumps(card, indent=2) if args.json else format_card(card, args.path))

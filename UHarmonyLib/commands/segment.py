@@ -6,16 +6,43 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.files.volumes import ABSENT, check_output_path, write_volume
-from UHarmonyLib.inference.device import resolve_device
-from UHarmonyLib.inference.engine import SegmentationResult, check_site, segment_files
-from UHarmonyLib.inference.gate_decision import GateDecision
-from UHarmonyLib.model.weights import Bundle, load_bundle
+from UHarmonyLib.options import DEVICE, NO_MIRROR, PRECISION, PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
+
+if TYPE_CHECKING:
+    from UHarmonyLib.inference.engine import SegmentationResult
+    from UHarmonyLib.inference.gate_decision import GateDecision
+    from UHarmonyLib.model.weights import Bundle
+
+OPTIONS = [
+    Option("--model", required=True, type=Path, help="model bundle folder"),
+    Option(
+        "channels",
+        nargs="+",
+        type=Path,
+        metavar="CHANNEL_FILE",
+        help="one file or DICOM folder per model channel, in the card's order; '-' for a channel the case lacks",
+    ),
+    Option("--out", required=True, type=Path, help="label map (.nii.gz, .nrrd, .seg.nrrd, .mha)"),
+    Option("--site", default="auto", help="auto (domain gate) or a site name from the model card"),
+    DEVICE,
+    PRECISION,
+    Option("--gate-json", type=Path, help="write the gate's site probabilities as JSON"),
+    Option("--gate-map", type=Path, help="write the per-patch most likely site as a label volume"),
+    Option("--probabilities", type=Path, help="write per-class probabilities (vector volume)"),
+    NO_MIRROR,
+    Option("--harmonize", metavar="METHOD", help="optional check: the model card's harmonization (the card decides)"),
+    PROGRESS,
+]
+
+
+def add_parser(verbs: Verbs) -> None:
+    add_command(verbs, "segment", "segment one case with a model bundle", OPTIONS)
+
 
 SITE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
 
@@ -43,6 +70,8 @@ def describe_gate(decision: GateDecision) -> str:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse unwritable or clashing output paths before any work is done."""
+    from UHarmonyLib.files.volumes import ABSENT, check_output_path
+
     if all(str(p) == ABSENT for p in args.channels):
         raise InputError(f"every channel is marked absent ('{ABSENT}'); at least one image is needed")
     if args.gate_map is not None and args.site != "auto":
@@ -82,6 +111,8 @@ def check_harmonize(bundle: Bundle, method: str | None) -> None:
 
 
 def write_outputs(args: argparse.Namespace, bundle: Bundle, result: SegmentationResult) -> dict[str, str]:
+    from UHarmonyLib.files.volumes import write_volume
+
     written = {"segmentation": str(args.out)}
     write_volume(result.labels, args.out, labels=bundle.labels)
     if args.gate_json is not None:
@@ -113,6 +144,10 @@ def result_payload(bundle: Bundle, result: SegmentationResult, written: dict[str
 
 def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool = True) -> dict:
     """Segment and write the outputs; `emit_result=False` lets a caller (the demo) send one combined result."""
+    from UHarmonyLib.inference.device import resolve_device
+    from UHarmonyLib.inference.engine import check_site, segment_files
+    from UHarmonyLib.model.weights import load_bundle
+
     start = time.perf_counter()
     check_outputs(args)
     device = resolve_device(args.device)

@@ -16,19 +16,38 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from UHarmonyLib.data.datasets import DATASET_JSON, IMAGES, LABELS, dataset_channels, write_dataset
-from UHarmonyLib.data.spec import GENERATOR, SynthSpec, resolve_scenario, scenario_table
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import umask_mode
+from UHarmonyLib.options import PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
+if TYPE_CHECKING:
+    from UHarmonyLib.data.spec import SynthSpec
+
 SPACING_RANGE = (1.0, 8.0)  # mm: the template is 1 mm; coarser than 8 mm leaves too few voxels for lesions
+OPTIONS = [
+    Option("--scenario", metavar="NAME|SPEC.json", help="built-in scenario, 'list', or a JSON spec file"),
+    Option("--out", type=Path, metavar="DIR", help="dataset folder: new or empty (or see --overwrite)"),
+    Option("--cases-per-site", type=int, default=4, metavar="N", help="default 4 (a site's 'cases' wins)"),
+    Option("--seed", type=int, default=0, help="same seed, same bytes (default 0)"),
+    Option("--spacing", type=float, default=2.0, metavar="MM", help="generation grid in mm (default 2)"),
+    Option("--list-scenarios", action="store_true", help="print the built-in scenarios"),
+    Option("--overwrite", action="store_true", help="replace a dataset an earlier synth wrote in DIR"),
+    PROGRESS,
+]
+
+
+def add_parser(verbs: Verbs) -> None:
+    add_command(verbs, "synth", "write a synthetic multi-site lesion dataset (Decathlon layout)", OPTIONS)
 
 
 def previous_files(out: Path) -> list[Path]:
     """The files an earlier `uharmony synth` wrote into `out` (from its dataset.json); refuse anything else."""
+    from UHarmonyLib.data.datasets import DATASET_JSON
+    from UHarmonyLib.data.spec import GENERATOR
+
     meta = out / DATASET_JSON
     refuse = f"{out}: folder is not empty and has no dataset.json written by {GENERATOR}; refusing to clear it"
     if not meta.is_file():
@@ -56,6 +75,8 @@ def previous_files(out: Path) -> list[Path]:
 
 def check_out(out: Path, overwrite: bool) -> list[Path]:
     """Refuse an unusable DIR before any work; returns the earlier dataset's files to replace."""
+    from UHarmonyLib.data.spec import GENERATOR
+
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if not out.exists():
@@ -76,6 +97,8 @@ def check_out(out: Path, overwrite: bool) -> list[Path]:
 
 def commit(staging: Path, out: Path, old: list[Path]) -> None:
     """Move the finished dataset into `out`: rename a new folder, or swap the files of an earlier dataset."""
+    from UHarmonyLib.data.datasets import DATASET_JSON, IMAGES, LABELS
+
     if not out.exists():
         os.chmod(staging, umask_mode(0o777))
         os.rename(staging, out)
@@ -91,6 +114,8 @@ def commit(staging: Path, out: Path, old: list[Path]) -> None:
 
 
 def list_scenarios(reporter: Reporter) -> dict[str, Any]:
+    from UHarmonyLib.data.spec import scenario_table
+
     rows = scenario_table()
     if isinstance(reporter, JsonReporter):
         reporter.result({"scenarios": rows})
@@ -116,6 +141,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_synth(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
+    from UHarmonyLib.data.datasets import DATASET_JSON, dataset_channels, write_dataset
+    from UHarmonyLib.data.spec import resolve_scenario
+
     if args.list_scenarios or args.scenario == "list":
         return list_scenarios(reporter)
     start = time.perf_counter()

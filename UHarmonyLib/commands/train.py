@@ -2,7 +2,7 @@
 
 A case that lacks a channel is trained with that channel all zeros, and such a case is
 segmented the same way: `uharmony segment` wants one file per card channel and refuses
-constant volumes, so call `UHarmonyLib.inference.segment_volumes(bundle, images)` with
+constant volumes, so call `UHarmonyLib.inference.engine.segment_volumes(bundle, images)` with
 an all-zero image in the missing channel's place (`z = sitk.Image(ref.GetSize(),
 sitk.sitkFloat32); z.CopyInformation(ref)`, `ref` a present channel).
 """
@@ -10,60 +10,26 @@ sitk.sitkFloat32); z.CopyInformation(ref)`, `ref` a present channel).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.options import PROGRESS, Verbs, add_command, field_options, from_args
 from UHarmonyLib.progress import JsonReporter, Reporter
+from UHarmonyLib.training.config import TrainConfig, parse_site_weights
 
-if TYPE_CHECKING:
-    from UHarmonyLib.training import TrainConfig
+
+def add_parser(verbs: Verbs) -> None:
+    """The options are TrainConfig's command-line fields (training/config.py), then --progress."""
+    summary = "train a model bundle on MSD-layout datasets (e.g. from `uharmony synth`)"
+    add_command(verbs, "train", summary, [*field_options(TrainConfig), PROGRESS])
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's settings from the parsed command line (training imports stay lazy)."""
-    from UHarmonyLib.training import TrainConfig
-
-    if args.patch is not None and len(args.patch) not in (1, 3):
-        raise InputError(f"--patch needs one or three sizes, got {len(args.patch)}")
-    if args.spacing is not None and len(args.spacing) not in (1, 3):
-        raise InputError(f"--spacing needs one or three sizes, got {len(args.spacing)}")
-    extra = {"filters": tuple(args.filters)} if args.filters else {}
-    weights: dict[str, float] = {}
-    for item in args.site_weight:
-        name, sep, value = item.partition("=")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise InputError(f"--site-weight {item}: expected SITE=WEIGHT, for example hospital-b=2")
-    return TrainConfig(
-        data=args.data,
-        out=args.out,
-        backbone=args.backbone,
-        norm=args.norm,
-        feature_size=args.feature_size,
-        restore_degree=args.restore_degree,
-        site_params=args.site_params,
-        steps=args.steps,
-        epochs=args.epochs,
-        patch=tuple(args.patch),
-        batch_size=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        spacing=tuple(args.spacing) if args.spacing else None,
-        val_every=args.val_every,
-        val_fraction=args.val_fraction,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        channel_dropout=args.channel_dropout,
-        site_weights=weights,
-        resume=args.resume,
-        harmonize=args.harmonize,
-        **extra,
-    )
+    """The run's settings from the parsed command line; what argparse cannot check is refused in one line here."""
+    for flag, sizes in (("--patch", args.patch), ("--spacing", args.spacing)):
+        if sizes is not None and len(sizes) not in (1, 3):
+            raise InputError(f"{flag} needs one or three sizes, got {len(sizes)}")
+    return from_args(TrainConfig, args, site_weights=parse_site_weights(args.site_weights or []))
 
 
 def run_train(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:

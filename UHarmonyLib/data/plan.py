@@ -214,8 +214,8 @@ def _value_names(data: dict[str, Any], i: int, site_name: str) -> dict[int, str]
     own = data["training"][i].get("labels")
     if isinstance(own, list):  # the case's own label names, values 1..n
         return {k + 1: str(n) for k, n in enumerate(own)}
-    label_sets = data.get("label_sets") if isinstance(data.get("label_sets"), dict) else {}
-    if site_name in label_sets:
+    label_sets = data.get("label_sets")
+    if isinstance(label_sets, dict) and site_name in label_sets:
         return {k: v for k, v in _value_table(label_sets[site_name]).items() if k != 0}
     return {k: v for k, v in _value_table(data.get("labels")).items() if k != 0}  # plain MSD
 

@@ -319,12 +319,13 @@ def parse_site(raw: Any, where: _Where, defaults: dict[str, Any]) -> SiteSpec:
     d = {**DEFAULT_SITE, **defaults, **raw}
     lesions = {**DEFAULT_LESIONS, **defaults.get("lesions", {})}
     lesions.update(_keys(raw.get("lesions", {}), tuple(DEFAULT_LESIONS), where.at("lesions"), "lesions"))
-    spacing = d["spacing"]
-    if spacing is not None:
-        spacing = [spacing] * 3 if not isinstance(spacing, list) else spacing
-        if len(spacing) != 3:
+    spacing: tuple[float, float, float] | None = None
+    if d["spacing"] is not None:
+        values = d["spacing"] if isinstance(d["spacing"], list) else [d["spacing"]] * 3
+        if len(values) != 3:
             raise where.at("spacing").fail(f"must be null, one number or [x, y, z] mm, got {json.dumps(d['spacing'])}")
-        spacing = tuple(_number(s, where.at("spacing"), 0.0, 20.0, strict=True) for s in spacing)
+        x, y, z = (_number(s, where.at("spacing"), 0.0, 20.0, strict=True) for s in values)
+        spacing = (x, y, z)
     if d["annotation"] not in ANNOTATIONS:
         raise where.at("annotation").fail(f"must be one of {', '.join(ANNOTATIONS)}, got {json.dumps(d['annotation'])}")
     cases = d["cases"]
@@ -341,7 +342,7 @@ def parse_site(raw: Any, where: _Where, defaults: dict[str, Any]) -> SiteSpec:
         noise=_number(d["noise"], where.at("noise"), 0.0, 10.0),
         blur=_number(d["blur"], where.at("blur"), 0.0, 20.0),
         slice_thickness=None if thick is None else _number(thick, where.at("slice_thickness"), 0.0, 20.0, strict=True),
-        spacing=spacing,  # type: ignore[arg-type]
+        spacing=spacing,
         fov_crop=_fov(d["fov_crop"], where.at("fov_crop")),
         orientation=_orientation(d["orientation"], where.at("orientation")),
         lesions=_lesions(lesions, where.at("lesions")),

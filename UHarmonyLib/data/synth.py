@@ -31,7 +31,6 @@ CORE, EDEMA = 1, 2
 TISSUES = ("csf", "gm", "wm", "core", "edema")
 CHANNELS = ("T1", "T2", "FLAIR")
 REGIONS = ("any", "left", "right", "anterior", "posterior", "deep", "superficial")
-ORIENTATION_AXES = ("RL", "AP", "SI")
 
 # Relative signal per tissue class (about 0..1): T1 WM > GM > CSF with a dark core and
 # mildly hypointense edema; T2 bright CSF and lesion; FLAIR dark CSF, brightest edema.

@@ -56,14 +56,11 @@ def model_evidence(bundle: Bundle, mapped: MappedDataset, device: torch.device, 
             f"the gate recognizes only {accuracy:.0%} of the cases' sites: personalization needs the site named "
             "(--site) or more training on these sites"
         )
-    for name, s in sites.items():
-        if (
-            s["dice_given"] is not None
-            and s["dice_gated"] is not None
-            and s["dice_given"] - s["dice_gated"] >= DICE_GAP
-        ):
-            notes.append(f"{name}: the gate's choice costs {s['dice_given'] - s['dice_gated']:.2f} whole-lesion Dice")
-    unknown = [n for n, s in sites.items() if not s["known_to_model"]]
+    for name, figures in sites.items():
+        given_dice, gated_dice = figures["dice_given"], figures["dice_gated"]
+        if given_dice is not None and gated_dice is not None and given_dice - gated_dice >= DICE_GAP:
+            notes.append(f"{name}: the gate's choice costs {given_dice - gated_dice:.2f} whole-lesion Dice")
+    unknown = [n for n, figures in sites.items() if not figures["known_to_model"]]
     if unknown:
         notes.append(f"the model never saw {', '.join(unknown)}: `uharmony add-site` personalizes it to them")
     return {

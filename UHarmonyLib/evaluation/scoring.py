@@ -30,7 +30,9 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     return round(float(np.mean(kept)), 4) if kept else None
 
 
-def _finite(x: torch.Tensor) -> float | None:
+def _finite(x: torch.Tensor | Sequence[Any]) -> float | None:
+    """The one value of a metric's result on one pair of masks; None when it is not finite."""
+    assert isinstance(x, torch.Tensor)  # MONAI's metrics called with one pair of tensors return one tensor
     v = float(x.reshape(-1)[0])
     return v if math.isfinite(v) else None
 

@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.site import SiteNode
-from UHarmonyLib.federated.wire import bank_record, published_rows, read_bank
+from UHarmonyLib.federated.wire import bank_record, published_rows, read_bank, record_number
 
 NodeSettings = Callable[[Context], tuple[Federation, str, Path, Path, bool]]
 
@@ -45,10 +45,11 @@ def make_client_app(settings: NodeSettings) -> ClientApp:
     @client.train()
     def train(msg: Message, context: Context) -> Message:
         site, _ = node(context)
-        config = msg.content["config"]
-        shared = {k: v.float() for k, v in msg.content["arrays"].to_torch_state_dict().items()}
-        out, figures = site.train_round(shared, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
-        content = RecordDict({"arrays": ArrayRecord(out), "metrics": MetricRecord(figures)})
+        config = msg.content.config_records["config"]
+        shared = {k: v.float() for k, v in msg.content.array_records["arrays"].to_torch_state_dict().items()}
+        server_round = int(record_number(config, "server-round"))
+        out, figures = site.train_round(shared, server_round, record_number(config, "proximal-mu", 0.0))
+        content = RecordDict({"arrays": ArrayRecord(out), "metrics": MetricRecord(dict(figures))})
         return Message(content=content, reply_to=msg)
 
     @client.query("publish")
@@ -65,10 +66,10 @@ def make_client_app(settings: NodeSettings) -> ClientApp:
     @client.query("finish")
     def finish(msg: Message, context: Context) -> Message:
         site, _ = node(context)
-        shared = {k: v.float() for k, v in msg.content["arrays"].to_torch_state_dict().items()}
+        shared = {k: v.float() for k, v in msg.content.array_records["arrays"].to_torch_state_dict().items()}
         rows = published_rows(msg.content)
         rows.pop(site.site, None)  # its own rows come from its own disk
-        path, figures = site.write_bundle(shared, rows, read_bank(msg.content["bank"]))
+        path, figures = site.write_bundle(shared, rows, read_bank(msg.content.array_records["bank"]))
         dice = figures.get("mean_dice_whole_lesion")
         metrics = MetricRecord({"dice-whole-lesion": -1.0 if dice is None else float(dice)})
         content = RecordDict({"bundle": ConfigRecord({"site": site.site, "path": str(path)}), "metrics": metrics})

@@ -117,8 +117,8 @@ class Federation:
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Federation:
         """Read Flower's run config; unknown keys are ignored (Flower adds its own)."""
-        kinds = {f.name: str if f.name == "sites" else type(f.default) for f in fields(cls)}
-        values = {}
+        kinds: dict[str, type] = {f.name: str if f.name == "sites" else type(f.default) for f in fields(cls)}
+        values: dict[str, Any] = {}
         for key, value in run_config.items():
             name = key.replace("-", "_")
             if name in kinds:

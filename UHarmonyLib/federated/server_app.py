@@ -28,11 +28,11 @@ from safetensors.torch import save_file
 
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.split import shared_state
-from UHarmonyLib.federated.wire import ROWS_PREFIX, bank_record, merge_banks, read_bank
+from UHarmonyLib.federated.wire import ROWS_PREFIX, bank_record, merge_banks, read_bank, record_number
 from UHarmonyLib.files.atomic import atomic_path, write_text_atomic
 
 app = ServerApp()
-BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
 
 
 class RoundLog:
@@ -64,7 +64,7 @@ class RoundLog:
             for m in valid
         ]
         if len(valid) < need:
-            errors = "; ".join(m.error.reason for m in replies if m.has_error())[:300]
+            errors = "; ".join(m.error.reason or f"error {m.error.code}" for m in replies if m.has_error())[:300]
             self.fail(
                 f"{phase}: {len(valid)} of the {need} required sites replied" + (f" ({errors})" if errors else "")
             )
@@ -101,7 +101,9 @@ def make_strategy(contract: Federation, log: RoundLog, dp_noise: float = 0.0, dp
     if contract.strategy == "fedadam":
         kwargs.update(eta=1e-2, eta_l=contract.lr, tau=1e-3)
 
-    class Logged(BASES[contract.strategy]):  # type: ignore[misc,valid-type]
+    base: type[FedAvg] = BASES[contract.strategy]
+
+    class Logged(base):  # type: ignore[misc,valid-type]  # the base class is the contract's, chosen at run time
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
         ) -> Iterable[Message]:
@@ -160,7 +162,7 @@ def serve(grid: Grid, contract: Federation, out: Path, dp_noise: float = 0.0, dp
     need = contract.required_sites
     published = log.received("publish", _exchange(grid, nodes, "query.publish", {}, contract.round_timeout), need)
     names = {m.metadata.src_node_id: str(m.content["site"]["name"]) for m in published}
-    banks = [read_bank(m.content["bank"]) for m in published]
+    banks = [read_bank(m.content.array_records["bank"]) for m in published]
     finish: dict[str, Any] = {"arrays": final, "bank": bank_record(merge_banks(banks))}
     for m in published:
         if bool(m.content["site"]["publish"]):
@@ -168,7 +170,8 @@ def serve(grid: Grid, contract: Federation, out: Path, dp_noise: float = 0.0, dp
     done = log.received("finish", _exchange(grid, list(names), "query.finish", finish, contract.round_timeout), need)
     log.data["bundles"] = {str(m.content["bundle"]["site"]): str(m.content["bundle"]["path"]) for m in done}
     log.data["dice_whole_lesion"] = {
-        str(m.content["bundle"]["site"]): float(m.content["metrics"]["dice-whole-lesion"]) for m in done
+        str(m.content["bundle"]["site"]): record_number(m.content.metric_records["metrics"], "dice-whole-lesion")
+        for m in done
     }
     log.data["status"] = "finished"
     log.save()

@@ -161,7 +161,7 @@ class SiteNode:
         weights = one_hot_weights(self.index, len(c.site_names), c.batch)
 
         def proximal() -> torch.Tensor:
-            drift = sum(((params[n] - a) ** 2).sum() for n, a in anchors.items() if n in params)
+            drift = sum((((params[n] - a) ** 2).sum() for n, a in anchors.items() if n in params), torch.zeros(()))
             return proximal_mu / 2 * drift
 
         start = time.perf_counter()

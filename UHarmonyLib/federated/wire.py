@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from UHarmonyLib.model.signature_bank import SignatureBank
 
 ROWS_PREFIX = "rows."
+
+
+def record_number(record: ConfigRecord | MetricRecord, key: str, default: float | None = None) -> float:
+    """A numeric entry of a config or metric record (`default` when absent); refuses lists, text and bytes."""
+    value = record.get(key, default)
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"record entry {key!r} is not a number: {value!r}")
+    return float(value)
 
 
 def bank_record(bank: SignatureBank) -> ArrayRecord:

@@ -14,7 +14,6 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.image_harmonization.mask import Voxels
 
 IQR_PER_SD = 1.349  # the interquartile range of a normal distribution, in standard deviations
-ZSCORE: dict[str, Any] = {}
 PERCENTILE: dict[str, Any] = {"percentiles": [1.0, 99.0]}
 
 

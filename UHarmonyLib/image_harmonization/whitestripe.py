@@ -18,7 +18,6 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.image_harmonization.mask import Voxels
 
 SETTINGS: dict[str, Any] = {"tau": 0.05, "bins": 512, "bandwidth": 1.0, "min_peak": 0.25}
-RULES = ("last", "first", "largest")
 
 
 def rule_for(channel: str) -> str:

@@ -151,7 +151,7 @@ class _Engine:
             return out.float()
 
         def stitched(volume: torch.Tensor) -> torch.Tensor:
-            return sliding_window_inference(
+            out = sliding_window_inference(
                 volume,
                 roi_size=self.roi,
                 sw_batch_size=self.batch,
@@ -161,6 +161,8 @@ class _Engine:
                 sw_device=self.device,
                 device=torch.device("cpu"),
             )
+            assert isinstance(out, torch.Tensor)  # a predictor returning one tensor gives one tensor
+            return out
 
         if passes == 1:
             return stitched(x)

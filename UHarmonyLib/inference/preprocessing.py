@@ -72,7 +72,8 @@ class ModelSpace:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.grid.GetSize())  # type: ignore[return-value]
+        x, y, z = self.grid.GetSize()
+        return int(x), int(y), int(z)
 
     def to_model(self, image: sitk.Image) -> np.ndarray:
         """A channel on the reference grid as an (x, y, z) float32 array on the model grid."""
@@ -127,11 +128,17 @@ def normalize(channels: np.ndarray, intensity: dict[str, Any]) -> torch.Tensor:
     x = torch.from_numpy(channels)
     method = intensity.get("method", "zscore")
     if method == "zscore":
-        return NormalizeIntensity(nonzero=bool(intensity.get("nonzero", True)), channel_wise=True)(x)
+        return _tensor(NormalizeIntensity(nonzero=bool(intensity.get("nonzero", True)), channel_wise=True)(x))
     if method == "percentile":
         lo, hi = intensity.get("percentiles", [0.5, 99.5])
-        return torch.stack([ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True)(c) for c in x])
+        return torch.stack([_tensor(ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True)(c)) for c in x])
     raise ValueError(f"unknown intensity normalization '{method}'")
+
+
+def _tensor(out: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """MONAI's array transforms return the type they were given: a tensor here."""
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def model_input(

@@ -75,7 +75,7 @@ def read_card(path: Path) -> dict[str, Any]:
 
 
 def validate_card(card: dict[str, Any], path: Path) -> None:
-    def need(cond: bool, what: str) -> None:
+    def need(cond: object, what: str) -> None:
         if not cond:
             raise BundleError(f"{path}: invalid model card: {what}")
 

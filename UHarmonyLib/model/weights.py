@@ -178,7 +178,7 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
     bank = None
     if BANK_NAME in card["files"]:
         threshold = float(card["inference"].get("familiar_distance", float("inf")))
-        bank = load_bank(path / BANK_NAME, net.gate.classifier[0].in_features, threshold)
+        bank = load_bank(path / BANK_NAME, net.gate.input_layer.in_features, threshold)
         if bank.num_sites > len(card["sites"]):
             raise BundleError(f"{path / BANK_NAME}: gate bank names more sites than the model card")
     return Bundle(path=path, card=card, net=net, bank=bank)

@@ -50,6 +50,10 @@ def scanner_signature(x: torch.Tensor) -> torch.Tensor:
 class DomainGate(nn.Module):
     """Site logits from standardized scanner signatures."""
 
+    feature_mean: torch.Tensor  # buffers, registered in __init__
+    feature_std: torch.Tensor
+    classifier: nn.Sequential
+
     def __init__(self, in_channels: int, num_sites: int, hidden: int = 64) -> None:
         super().__init__()
         width = in_channels * FEATURES_PER_CHANNEL
@@ -57,9 +61,24 @@ class DomainGate(nn.Module):
         self.register_buffer("feature_std", torch.ones(width))
         self.classifier = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_sites))
 
+    def _linear(self, index: int) -> nn.Linear:
+        layer = self.classifier[index]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    @property
+    def input_layer(self) -> nn.Linear:
+        """The classifier's first layer: standardized signature features -> hidden."""
+        return self._linear(0)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The classifier's last layer: hidden -> one logit per site."""
+        return self._linear(-1)
+
     @property
     def num_sites(self) -> int:
-        return self.classifier[-1].out_features
+        return self.output_layer.out_features
 
     def fit_scaler(self, features: torch.Tensor) -> None:
         """Standardize features with statistics of training patches (done once, before training)."""

@@ -20,7 +20,7 @@ class GatedHead(SiteConditioned):
             self.weight[1:] = self.weight[0]
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, num_sites: int) -> GatedHead:
+    def from_conv(cls, conv: nn.Conv3d | nn.Conv2d, num_sites: int) -> GatedHead:
         """Start every site from an existing 1x1 convolution (the backbone's own head)."""
         head = cls(conv.in_channels, conv.out_channels, num_sites)
         with torch.no_grad():

@@ -13,7 +13,7 @@ from torch import nn
 
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.gate_network import DomainGate
-from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm, Layout
 from UHarmonyLib.nn.heads import GatedHead
 from UHarmonyLib.nn.site_weights import SiteConditioned
 
@@ -42,9 +42,13 @@ def _build_backbone(cfg: NetworkConfig) -> nn.Module:
     )
 
 
-def _norm_layers(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+_Norm = nn.InstanceNorm3d | nn.InstanceNorm2d | nn.LayerNorm
+_Conv = nn.Conv3d | nn.Conv2d
+
+
+def _norm_layers(module: nn.Module) -> list[tuple[nn.Module, str, _Norm]]:
     """(parent, attribute, layer) for every InstanceNorm/LayerNorm, in registration order."""
-    found = []
+    found: list[tuple[nn.Module, str, _Norm]] = []
     for parent in module.modules():
         for name, child in parent.named_children():
             if isinstance(child, (nn.InstanceNorm3d, nn.InstanceNorm2d, nn.LayerNorm)):
@@ -60,14 +64,15 @@ def _swap_norms(backbone: nn.Module, cfg: NetworkConfig) -> int:
     full_res = min(widths)  # the narrowest maps are the full-resolution ones in both backbones
     for (parent, name, old), width in zip(layers[:limit], widths):
         degree = 1 if cfg.norm == "dsbn" else (cfg.full_res_degree if width == full_res else cfg.degree)
-        layout = "channels_last" if isinstance(old, nn.LayerNorm) else "channels_first"
+        layout: Layout = "channels_last" if isinstance(old, nn.LayerNorm) else "channels_first"
         setattr(parent, name, HarmonyNorm(width, cfg.num_sites, degree, layout, old.eps))
     return min(limit, len(layers))
 
 
-def _output_conv_owner(backbone: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+def _output_conv_owner(backbone: nn.Module) -> tuple[nn.Module, str, _Conv]:
     """The 1x1 output convolution of the backbone, with its parent and attribute name."""
     block = backbone.output_block if isinstance(backbone, DynUNet) else backbone.out
+    assert isinstance(block, nn.Module)
     for parent in block.modules():
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv3d, nn.Conv2d)):

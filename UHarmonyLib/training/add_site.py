@@ -182,6 +182,7 @@ def add_site(config: AddSiteConfig, reporter: Reporter | None = None) -> dict[st
     new_vectors = build_bank(
         net.gate, [p.image for p in prepared], [new_index] * len(prepared), patch, float(DEFAULT_INFERENCE["overlap"])
     )
+    assert parent.bank is not None  # _refuse_early refused a parent without one
     bank = parent.bank.extended(new_vectors)
     gate_accuracy = fit_gate(net.gate, bank, config.seed)
     bank.calibrate(net.gate)

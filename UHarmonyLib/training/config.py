@@ -1,59 +1,142 @@
 """What one training run is: every choice in one dataclass, checked before any work.
 
 The same object drives the CLI and library callers (benchmarks), and its training
-fields are stored in each checkpoint so `--resume` can refuse a changed command.
+fields are stored in each checkpoint so `--resume` can refuse a changed command. A
+field with an `Option` in its metadata is that `uharmony train` option (parser,
+parsing and the card's recorded command all read it from here); the others are
+library-only settings. Torch-free, so building the parser stays cheap.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.image_harmonization import METHODS
 from UHarmonyLib.nn.config import BACKBONES, NORMS
-from UHarmonyLib.training.site_sharing import SITE_PARAMS
+from UHarmonyLib.options import DEVICE, PRECISION, Option, cli, field_options, option, text, to_argv
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
 RUNTIME_FIELDS = ("resume", "device", "command", "log_every", "checkpoint_every")
 DEFAULT_STEPS = 1000
 
 
+def site_weight_words(weights: Mapping[str, float]) -> list[str]:
+    """`--site-weight`'s SITE=W values for a weights mapping."""
+    return [f"{name}={text(float(w))}" for name, w in weights.items()]
+
+
+def parse_site_weights(items: Sequence[str]) -> dict[str, float]:
+    """The weights mapping from `--site-weight` SITE=W values; a malformed one is refused in one line."""
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--site-weight {item}: expected SITE=WEIGHT, for example hospital-b=2")
+    return weights
+
+
 @dataclass
 class TrainConfig:
     """A training run: `steps` (default 1000), or `epochs` of one patch per training case."""
 
-    data: list[Path]
-    out: Path
-    backbone: str = "dynunet"
-    norm: str = "uharmony"
-    filters: tuple[int, ...] = (16, 32, 64, 128, 256)
-    feature_size: int = 12
-    restore_degree: int = 3  # U-Harmony's restore polynomial below full resolution (full resolution: linear)
-    site_params: str = "residual"  # site rows trained as shared + offset, or "independent" (site_sharing.py)
-    steps: int | None = None
-    epochs: int | None = None
-    patch: tuple[int, int, int] = (64, 64, 64)
-    batch_size: int = 2
-    lr: float = 2e-3
+    data: list[Path] = field(
+        metadata=cli(
+            Option("--data", required=True, action="append", type=Path, metavar="DATASET_JSON", help="or its folder")
+        )
+    )
+    out: Path = field(
+        metadata=cli(
+            Option("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="new bundle folder, e.g. my-model-v1")
+        )
+    )
+    backbone: str = option("dynunet", Option("--backbone", choices=BACKBONES))
+    norm: str = option("uharmony", Option("--norm", choices=NORMS))
+    steps: int | None = option(
+        None, Option("--steps", type=int, metavar="N", group="length", help="optimizer steps (default 1000)")
+    )
+    epochs: int | None = option(
+        None, Option("--epochs", type=int, metavar="N", group="length", help="epochs of one patch per training case")
+    )
+    patch: tuple[int, int, int] = option(
+        (64, 64, 64), Option("--patch", type=int, nargs="+", metavar="D", help="patch size: D or D H W (64)")
+    )
+    batch_size: int = option(2, Option("--batch", type=int, metavar="N", help="patches per step (default 2)"))
+    lr: float = option(2e-3, Option("--lr", type=float, help="peak learning rate of the one-cycle schedule (2e-3)"))
     weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    spacing: tuple[float, float, float] | None = None  # None: the median spacing of the training cases
-    val_every: int = 0  # 0: five validations per run (and one at the end)
-    val_fraction: float = 0.2
-    checkpoint_every: int = 50
-    log_every: int = 10
+    seed: int = option(0, Option("--seed", type=int))
+    device: str = option("auto", DEVICE)
+    precision: str = option("auto", PRECISION)
+    spacing: tuple[float, float, float] | None = option(  # None: the median spacing of the training cases
+        None, Option("--spacing", type=float, nargs="+", metavar="MM", help="model grid in mm (default: cases' median)")
+    )
+    filters: tuple[int, ...] = option(
+        (16, 32, 64, 128, 256),
+        Option("--filters", type=int, nargs="+", metavar="F", help="DynUNet widths (16 32 64 128 256)"),
+    )
+    feature_size: int = option(12, Option("--feature-size", type=int, help="SwinUNETR feature size (12)"))
+    restore_degree: int = option(  # U-Harmony's restore polynomial below full resolution (full resolution: linear)
+        3,
+        Option(
+            "--restore-degree",
+            type=int,
+            metavar="N",
+            help="uharmony: degree of the site-specific restore polynomial below full resolution (1-5; 3)",
+        ),
+    )
+    site_params: str = option(  # site rows trained as shared + offset, or "independent" (site_sharing.py)
+        "residual",
+        Option(
+            "--site-params",
+            metavar="residual|independent",
+            help="site rows trained as a shared value plus a site offset (default), or each on its own",
+        ),
+    )
+    val_every: int = option(  # 0: five validations per run (and one at the end)
+        0, Option("--val-every", type=int, metavar="N", help="validate every N steps (0: 5 times)")
+    )
+    val_fraction: float = option(
+        0.2, Option("--val-fraction", type=float, help="held-out share of each site with >= 3 cases")
+    )
+    checkpoint_every: int = option(
+        50, Option("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (50)")
+    )
+    log_every: int = option(10, Option("--log-every", type=int, metavar="N", help="log the loss every N steps (10)"))
     gate_weight: float = 0.5
-    channel_dropout: float = 0.1
-    site_weights: dict[str, float] = field(default_factory=dict)  # site -> relative sampling weight (default 1)
+    channel_dropout: float = option(
+        0.1, Option("--channel-dropout", type=float, help="chance of zeroing a present channel (0.1)")
+    )
+    site_weights: dict[str, float] = field(  # site -> relative sampling weight (default 1)
+        default_factory=dict,
+        metadata=cli(
+            Option(
+                "--site-weight",
+                action="append",
+                metavar="SITE=W",
+                encode=site_weight_words,
+                help="draw SITE's patches W times as often as a weight-1 site (repeatable; default 1 each)",
+            )
+        ),
+    )
     scaler_patches: int = 90
-    harmonize: str | None = None  # an image harmonization method fitted on the training cases
-    resume: bool = False
+    resume: bool = option(
+        False, Option("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    )
+    harmonize: str | None = option(  # an image harmonization method fitted on the training cases
+        None,
+        Option(
+            "--harmonize", metavar="METHOD", help="harmonize first: n4, zscore, percentile, nyul, match, whitestripe"
+        ),
+    )
     command: str = ""  # recorded in the card; default: an equivalent `uharmony train` line
 
     def __post_init__(self) -> None:
@@ -86,6 +169,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line refusals of impossible settings, before any data is read."""
+        from UHarmonyLib.image_harmonization import METHODS
+        from UHarmonyLib.training.site_sharing import SITE_PARAMS
+
         if not self.data:
             raise InputError("train needs at least one --data DATASET_JSON")
         resolved = [p.resolve() / "dataset.json" if p.is_dir() else p.resolve() for p in self.data]
@@ -152,3 +238,14 @@ class TrainConfig:
     def training_fields(self) -> dict[str, Any]:
         """What must be equal for a checkpoint to continue this run."""
         return {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
+
+    def command_line(self, steps: int) -> str:
+        """An equivalent `uharmony train` line for the card: the resolved step count and the main settings always,
+        other options when they differ from their default, runtime choices (device, --resume...) never."""
+        options = field_options(TrainConfig)
+        values = {o.dest: getattr(self, o.dest) for o in options if o.dest not in RUNTIME_FIELDS}
+        if self.steps is not None or not self.epochs:
+            values.update(steps=steps, epochs=None)
+        width = "filters" if self.backbone == "dynunet" else "feature_size"
+        always = ("backbone", "norm", "steps", "patch", "batch_size", "seed", width)
+        return shlex.join(["uharmony", "train", *to_argv(options, values, always)])

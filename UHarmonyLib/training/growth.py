@@ -55,10 +55,10 @@ def grow(parent: UHarmonyNet, mix: torch.Tensor, new_labels: int = 0) -> UHarmon
             value.copy_(parent_state[key])
     child.gate.feature_mean.copy_(parent.gate.feature_mean)
     child.gate.feature_std.copy_(parent.gate.feature_std)
-    old_first, new_first = parent.gate.classifier[0], child.gate.classifier[0]
+    old_first, new_first = parent.gate.input_layer, child.gate.input_layer
     new_first.weight.copy_(old_first.weight)
     new_first.bias.copy_(old_first.bias)
-    old_last, new_last = parent.gate.classifier[-1], child.gate.classifier[-1]
+    old_last, new_last = parent.gate.output_layer, child.gate.output_layer
     new_last.weight.copy_(torch.cat([old_last.weight, (mix.float() @ old_last.weight)[None]]))
     new_last.bias.copy_(torch.cat([old_last.bias, (mix.float() @ old_last.bias)[None]]))
     return child

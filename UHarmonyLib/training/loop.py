@@ -45,16 +45,6 @@ from UHarmonyLib.training.sampling import Batch, PatchSampler
 from UHarmonyLib.training.site_sharing import fold_site_rows, share_site_rows
 
 INTENSITY = {"method": "zscore", "nonzero": True}
-OPTIONAL_FLAGS = (
-    ("--lr", "lr"),
-    ("--precision", "precision"),
-    ("--val-every", "val_every"),
-    ("--val-fraction", "val_fraction"),
-    ("--channel-dropout", "channel_dropout"),
-    ("--restore-degree", "restore_degree"),
-    ("--site-params", "site_params"),
-    ("--harmonize", "harmonize"),
-)
 
 
 def _check_paths(config: TrainConfig) -> None:
@@ -140,33 +130,13 @@ def _card(
 def segmentation_loss(loss_fn: MarginalDiceCELoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Marginal Dice+CE, one term per distinct label grouping in the batch, weighted by its samples."""
     chunks: dict[tuple[tuple[int, ...], ...], list[int]] = {}
-    for i, groups in enumerate(batch.groups):
-        chunks.setdefault(tuple(tuple(g) for g in groups), []).append(i)
+    for i, case_groups in enumerate(batch.groups):
+        chunks.setdefault(tuple(tuple(g) for g in case_groups), []).append(i)
     total = logits.new_zeros((), dtype=torch.float32)
     for groups, idx in chunks.items():
         sel = torch.as_tensor(idx, device=logits.device)
         total = total + loss_fn(logits[sel], batch.target[sel], groups) * len(idx)
     return total / len(batch.groups)
-
-
-def _command(config: TrainConfig, total: int) -> str:
-    """A command line that reproduces the run (resolved values, not the typed ones)."""
-    parts = ["uharmony train", *[f"--data {p}" for p in config.data], f"--out {config.out}"]
-    parts += [f"--backbone {config.backbone}", f"--norm {config.norm}"]
-    parts += [f"--epochs {config.epochs}" if config.steps is None and config.epochs else f"--steps {total}"]
-    parts += [f"--patch {' '.join(map(str, config.patch))}", f"--batch {config.batch_size}", f"--seed {config.seed}"]
-    if config.backbone == "dynunet":
-        parts.append(f"--filters {' '.join(map(str, config.filters))}")
-    else:
-        parts.append(f"--feature-size {config.feature_size}")
-    if config.spacing is not None:
-        parts.append(f"--spacing {' '.join(f'{s:g}' for s in config.spacing)}")
-    defaults = TrainConfig(data=[], out=Path("."))
-    for flag, key in OPTIONAL_FLAGS:
-        if getattr(config, key) != getattr(defaults, key):
-            parts.append(f"{flag} {getattr(config, key)}")
-    parts += [f"--site-weight {name}={w:g}" for name, w in config.site_weights.items()]
-    return " ".join(parts)
 
 
 def _load_state(net: UHarmonyNet, state: dict[str, torch.Tensor], where: Path) -> None:
@@ -414,7 +384,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         per_step = float(np.mean(self.step_seconds)) if self.step_seconds else 0.0
         provenance = {
-            "command": cfg.command or _command(cfg, self.total),
+            "command": cfg.command or cfg.command_line(self.total),
             "seed": cfg.seed,
             "steps": self.total,
             "batch_size": cfg.batch_size,

@@ -119,7 +119,8 @@ class PatchSampler:
         """One (image, label) patch of a case."""
         case = self.cases[case_index]
         self.crop.set_random_state(seed=int(rng.integers(2**31)))
-        data = {"image": case.image, "label": case.target, "fg": case.fg, "bg": case.bg}
+        # MONAI annotates tensors only; its index keys take the arrays PreparedCase holds
+        data: dict[Hashable, Any] = {"image": case.image, "label": case.target, "fg": case.fg, "bg": case.bg}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a case without lesion voxels: MONAI warns, then samples background
             patch = self.crop(data)[0]

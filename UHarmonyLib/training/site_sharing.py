@@ -59,5 +59,6 @@ def fold_site_rows(net: UHarmonyNet) -> None:
     """Back to plain per-site rows holding shared + offset (what bundles store)."""
     for module in net.backbone.modules():
         if parametrize.is_parametrized(module):
+            assert isinstance(module.parametrizations, nn.ModuleDict)
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)

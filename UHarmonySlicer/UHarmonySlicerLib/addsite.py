@@ -17,6 +17,8 @@ from typing import Any
 import slicer
 import vtk
 
+from UHarmonyLib.commands import add_site as add_site_command  # torch-free: the engine's add-site options
+from UHarmonyLib.options import to_argv
 from UHarmonySlicerLib.engine import Event, EventCallback, Job, Steps, engine_command
 from UHarmonySlicerLib.errors import InputRefused
 from UHarmonySlicerLib.models import ModelInfo, next_version_folder, read_model
@@ -151,6 +153,12 @@ def export_dataset(
     return path
 
 
+def add_site_arguments(model: ModelInfo, data: Path, site: str, out: Path, steps: int, device: str) -> list[str]:
+    """The `uharmony add-site` arguments, from the engine's own description of its options."""
+    values = {"model": model.path, "data": data, "site": site, "out": out, "steps": steps, "device": device}
+    return to_argv(add_site_command.OPTIONS, values)
+
+
 def add_site_job(
     scene: slicer.vtkMRMLScene,
     model: ModelInfo,
@@ -171,8 +179,7 @@ def add_site_job(
     def run(temp: Path) -> Steps:
         data = export_dataset(scene, temp / "dataset", pairs, site, model.channels, model.labels)
         out.parent.mkdir(parents=True, exist_ok=True)
-        args = ["--model", model.path, "--data", data, "--site", site, "--out", out, "--steps", steps]
-        outcome = yield engine_command("add-site", *args, "--device", device)
+        outcome = yield engine_command("add-site", *add_site_arguments(model, data, site, out, steps, device))
         return AddSiteResult(read_model(out), outcome.result or {})
 
     return Job(run, on_event, device)

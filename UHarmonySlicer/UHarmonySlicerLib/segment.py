@@ -9,7 +9,9 @@ from typing import Any
 
 import slicer
 
+from UHarmonyLib.commands import segment as segment_command  # torch-free: the engine's segment options
 from UHarmonyLib.files.volumes import ABSENT  # the engine's marker of an absent channel
+from UHarmonyLib.options import to_argv
 from UHarmonySlicerLib.engine import EventCallback, Job, Outcome, Steps, engine_command
 from UHarmonySlicerLib.errors import InputRefused
 from UHarmonySlicerLib.gate_display import gate_chart, gate_table, link, unfamiliar_message
@@ -47,21 +49,25 @@ def check_model(model: ModelInfo, site: str) -> None:
 
 
 def segment_arguments(
-    model: ModelInfo, inputs: Sequence[Path | str], out: Path, site: str, device: str, mirror: bool = True
+    model: ModelInfo,
+    inputs: Sequence[Path | str],
+    out: Path,
+    site: str,
+    device: str,
+    mirror: bool = True,
+    gate_map: Path | None = None,
 ) -> list[str]:
-    """The `uharmony segment` arguments for one case (the cohort run uses them too)."""
-    return [
-        "--model",
-        str(model.path),
-        *[str(p) for p in inputs],
-        "--out",
-        str(out),
-        "--site",
-        site,
-        "--device",
-        device,
-        *([] if mirror else ["--no-mirror"]),
-    ]
+    """The `uharmony segment` arguments for one case (the cohort run uses them too), from the engine's options."""
+    values = {
+        "model": model.path,
+        "channels": list(inputs),
+        "out": out,
+        "site": site,
+        "device": device,
+        "no_mirror": not mirror,
+        "gate_map": gate_map,
+    }
+    return to_argv(segment_command.OPTIONS, values)
 
 
 def segment_job(
@@ -89,10 +95,8 @@ def segment_job(
     def steps(temp: Path) -> Steps:
         inputs = [ABSENT if v is None else export_volume(v, temp / f"channel_{i}.nrrd") for i, v in enumerate(volumes)]
         labels = temp / "labels.nrrd"
-        args = segment_arguments(model, inputs, labels, site, device, mirror)
         map_path = temp / "gate_map.seg.nrrd" if gate_map and site == "auto" else None
-        if map_path is not None:
-            args += ["--gate-map", str(map_path)]
+        args = segment_arguments(model, inputs, labels, site, device, mirror, map_path)
         outcome: Outcome = yield engine_command("segment", *args)
         return import_results(scene, model, reference, outcome.result or {}, labels, map_path, name)
 
