@@ -14,7 +14,8 @@ from conftest import assert_one_line_error, run_main
 from monai.data import load_decathlon_datalist
 
 from UHarmonyLib.data.datasets import read_dataset
-from UHarmonyLib.data.spec import SCENARIOS, parse_spec
+from UHarmonyLib.data.scenarios import SCENARIOS
+from UHarmonyLib.data.spec import parse_spec
 from UHarmonyLib.data.synth import LesionSpec, SiteSpec, make_case
 from UHarmonyLib.data.template import MNI_NOTICE, load_template
 

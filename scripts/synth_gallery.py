@@ -23,9 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from UHarmonyLib.data.datasets import case_rng, dataset_channels
-from UHarmonyLib.data.spec import SCENARIOS, resolve_scenario
-from UHarmonyLib.data.synth import SiteSpec, make_case
+from UHarmonyLib.data.datasets import case_rng, dataset_channels, generate_case
+from UHarmonyLib.data.physics_spec import sequence_to_json
+from UHarmonyLib.data.scenarios import SCENARIOS
+from UHarmonyLib.data.spec import resolve_scenario
+from UHarmonyLib.data.synth import SiteSpec
 from UHarmonyLib.data.template import load_template
 from UHarmonyLib.files.atomic import atomic_path
 
@@ -42,11 +44,22 @@ def ras_array(image: sitk.Image) -> tuple[np.ndarray, tuple[float, ...]]:
 def describe(site: SiteSpec) -> str:
     """The site's non-default effects in a few words, for the row label."""
     parts = []
+    if site.physics is not None:
+        parts.append(f"{site.physics.field_t:g} T")
+        for channel, seq in site.physics.sequences.items():
+            timing = "/".join(f"{v:g}" for k, v in sequence_to_json(seq).items() if k != "sequence")
+            parts.append(f"\n{channel} {seq.kind} {timing}")
+        if site.physics.kspace != (1.0, 1.0, 1.0):
+            parts.append("\nk-space " + "×".join(f"{k:g}" for k in site.physics.kspace))
+        if site.edema_margin_mm:
+            parts.append(f"edema outline {site.edema_margin_mm:+g} mm")
+        if site.rim_label != "core":
+            parts.append("rim labelled edema")
     if site.gamma != 1:
         parts.append(f"γ {site.gamma:g}")
     if site.bias:
         parts.append(f"bias {site.bias:g}")
-    parts.append(f"noise {site.noise:g}")
+    parts.append(f"\nnoise {site.noise:g}" if site.physics is not None else f"noise {site.noise:g}")
     if site.blur:
         parts.append(f"blur {site.blur:g}")
     if site.slice_thickness:
@@ -73,7 +86,7 @@ def gallery(name: str, out: Path, spacing: float = 2.0, seed: int = 0) -> Path:
     rows, cols = len(spec.sites), len(channels)
     fig, axes = plt.subplots(rows, cols + 1, figsize=(2.6 * cols + 2.6, 2.75 * rows), squeeze=False)
     for si, site in enumerate(spec.sites):
-        case = make_case(template, site, case_rng(seed, si, 0))
+        case = generate_case(template, site, case_rng(seed, si, 0))
         lab = ras_array(case.label)[0]
         z = int(np.argmax((lab > 0).sum(axis=(0, 1)))) if (lab > 0).any() else lab.shape[2] // 2
         axes[si, 0].text(0.0, 0.5, describe(site), fontsize=7.5, va="center", ha="left", wrap=True)

@@ -27,9 +27,11 @@ import SimpleITK as sitk
 
 from UHarmonyLib import __version__
 from UHarmonyLib.data.labels import FULL_LABELS, WHOLE_LABEL
+from UHarmonyLib.data.mr_physics import BRATS_NAMES, PHYSICS_CHANNELS
+from UHarmonyLib.data.physics_case import make_physics_case
 from UHarmonyLib.data.spec import GENERATOR, SynthSpec, site_to_json
 from UHarmonyLib.data.synth import CHANNELS, Case, SiteSpec, make_case
-from UHarmonyLib.data.template import MNI_NOTICE, load_template
+from UHarmonyLib.data.template import MNI_NOTICE, Template, load_template
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.json_file import read_json
 
@@ -66,7 +68,13 @@ def case_rng(seed: int, site_index: int, case_index: int) -> np.random.Generator
 
 def dataset_channels(sites: list[SiteSpec]) -> list[str]:
     """The union of the sites' channels in canonical order: the dataset's channel_names."""
-    return [c for c in CHANNELS if any(c in s.channels for s in sites)]
+    order = PHYSICS_CHANNELS if any(s.physics is not None for s in sites) else CHANNELS
+    return [c for c in order if any(c in s.channels for s in sites)]
+
+
+def generate_case(template: Template, site: SiteSpec, rng: np.random.Generator) -> Case:
+    """A case of either kind of site: contrast tables, or MR physics."""
+    return make_case(template, site, rng) if site.physics is None else make_physics_case(template, site, rng)
 
 
 def label_set(site: SiteSpec) -> dict[str, str]:
@@ -104,7 +112,7 @@ def write_dataset(
     progress(0, total)
     for si, (site, count) in enumerate(zip(spec.sites, counts)):
         for ci in range(count):
-            case = make_case(template, site, case_rng(seed, si, ci))
+            case = generate_case(template, site, case_rng(seed, si, ci))
             training.append(write_case(folder, f"{site.name}_{ci:03d}", case, channels, site.label_names))
             progress(len(training), total)
     data = {
@@ -125,6 +133,7 @@ def write_dataset(
         "cases_per_site": cases_per_site,
         "channel_names": {str(i): c for i, c in enumerate(channels)},
         "modality": {str(i): c for i, c in enumerate(channels)},
+        **({"brats_names": {c: BRATS_NAMES[c] for c in channels}} if set(channels) <= set(BRATS_NAMES) else {}),
         "labels": dict(UNION_LABELS),
         "label_sets": {s.name: label_set(s) for s in spec.sites},
         "merges": {k: list(v) for k, v in MERGES.items()},

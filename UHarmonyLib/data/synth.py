@@ -25,6 +25,7 @@ import torch
 from scipy import ndimage
 
 from UHarmonyLib.data.labels import FULL_LABELS, WHOLE_LABEL
+from UHarmonyLib.data.mr_physics import Physics
 from UHarmonyLib.data.template import Template
 
 CORE, EDEMA = 1, 2
@@ -81,6 +82,9 @@ class SiteSpec:
     deformation_mm: float = 3.0  # std of the smooth anatomy displacement
     annotation: str = "full"  # "full": core 1 + edema 2; "whole": one label 1 = core and edema merged
     cases: int | None = None  # cases of this site; None: the dataset's cases per site
+    physics: Physics | None = None  # acquire by MR physics (channels are then PHYSICS_CHANNELS; physics_case.py)
+    edema_margin_mm: float = 0.0  # annotators' edema outline, grown (> 0) or shrunk (< 0) around the true one
+    rim_label: str = "core"  # physics sites: the enhancing rim counts as core (BraTS tumour core) or "edema"
 
     @property
     def label_names(self) -> list[str]:
@@ -95,6 +99,7 @@ class Case:
     label: sitk.Image
     site: str
     lesions: list[dict[str, Any]] = field(default_factory=list)  # centre_ras_mm, radius_mm of each lesion
+    tissue_label: sitk.Image | None = None  # physics cases, when asked: each voxel's main tissue (TISSUE_VALUES)
 
 
 # ---------------------------------------------------------------- smooth random fields
@@ -119,7 +124,7 @@ def smooth_field(shape: tuple[int, ...], knots: tuple[int, ...], rng: np.random.
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _knots(shape: tuple[int, ...], spacing: float, control_mm: float) -> tuple[int, ...]:
+def knots_for(shape: tuple[int, ...], spacing: float, control_mm: float) -> tuple[int, ...]:
     return tuple(max(2, round(n * spacing / control_mm)) for n in shape)
 
 
@@ -132,24 +137,29 @@ def _brain_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, mask.shape))
 
 
-def deform(template: Template, amount_mm: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """CSF, GM and WM maps warped by one smooth random displacement (std `amount_mm`).
+def deform(
+    template: Template, amount_mm: float, rng: np.random.Generator, scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> dict[str, np.ndarray]:
+    """CSF, GM and WM maps warped by one smooth random displacement (std `amount_mm`), sized by `scale` (z, y, x).
 
     The displacement is a coarse B-spline field; the warp (trilinear, torch grid_sample,
-    all three maps in one pass) runs on the brain's bounding box only.
+    all three maps in one pass) runs on the brain's bounding box only, grown for a larger brain.
     """
     maps = {"csf": template.csf, "gm": template.gm, "wm": template.wm}
-    if amount_mm <= 0:
+    if amount_mm <= 0 and scale == (1.0, 1.0, 1.0):
         return {k: v.astype(np.float32, copy=False) for k, v in maps.items()}
     spacing = float(template.spacing[0])
-    margin = math.ceil(4 * amount_mm / spacing) + 1
+    grow = max(0.0, max(scale) - 1.0) * max(template.mask.shape) / 2
+    margin = math.ceil(4 * amount_mm / spacing + grow) + 1
     box = _brain_box(template.mask, margin)
     shape = tuple(b.stop - b.start for b in box)
-    knots = _knots(shape, spacing, DEFORMATION_CONTROL_MM)
+    knots = knots_for(shape, spacing, DEFORMATION_CONTROL_MM)
     grid = np.empty((*shape, 3), np.float32)  # (z, y, x, [x, y, z]) normalized to [-1, 1]
     for i, axis in enumerate((2, 1, 0)):
         n = shape[axis]
         base = np.arange(n, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        if scale[axis] != 1.0:  # sample nearer the centre to grow the brain
+            base = (base - np.float32((n - 1) / 2)) / np.float32(scale[axis]) + np.float32((n - 1) / 2)
         disp = smooth_field(shape, knots, rng) * np.float32(amount_mm / spacing)
         grid[..., i] = (base + disp) * np.float32(2.0 / max(n - 1, 1)) - np.float32(1.0)
     stack = torch.from_numpy(np.stack([m[box] for m in maps.values()]).astype(np.float32))[None]
@@ -168,7 +178,7 @@ def deform(template: Template, amount_mm: float, rng: np.random.Generator) -> di
 # ---------------------------------------------------------------- lesions
 
 
-def _ras_axes(geometry: sitk.Image) -> list[tuple[int, float]]:
+def ras_axes(geometry: sitk.Image) -> list[tuple[int, float]]:
     """For R, A, S: (numpy axis of the z,y,x array, +1/-1 direction) of an axis-aligned image."""
     d = np.reshape(geometry.GetDirection(), (3, 3)) * np.array([-1.0, -1.0, 1.0])[:, None]  # LPS -> RAS rows
     out = []
@@ -226,9 +236,16 @@ def _centre_candidates(template: Template, wm: np.ndarray, region: tuple[str, ..
 
 
 def place_lesions(
-    template: Template, tissue: dict[str, np.ndarray], spec: LesionSpec, rng: np.random.Generator
+    template: Template,
+    tissue: dict[str, np.ndarray],
+    spec: LesionSpec,
+    rng: np.random.Generator,
+    necrosis: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Soft core and whole-lesion (core + edema) memberships in [0, 1], and where the lesions are.
+
+    Given a `necrosis` array, each core also gets a necrotic centre (filled in place): an
+    inner part of random relative size inside a rim, with its own outline distortion.
 
     Each lesion is a randomly rotated ellipsoid whose radius is modulated by a smooth
     random field (irregular outline); borders are sigmoid ramps about one voxel wide, so
@@ -266,10 +283,16 @@ def place_lesions(
         w = 1.0 / (1.0 + np.exp((d_edema - radius * ratio) / soft))
         core[box] = np.maximum(core[box], c)
         whole[box] = np.maximum(whole[box], w)
+        if necrosis is not None:
+            inner = radius * float(rng.uniform(0.0, 0.75))  # 0: a solid, wholly enhancing core
+            d_inner = dist * np.exp(np.float32(0.5 * irr) * smooth_field(box_shape, knots, rng))
+            necrosis[box] = np.maximum(necrosis[box], 1.0 / (1.0 + np.exp((d_inner - inner) / soft)) * c)
         ras = _ras_coords(template.geometry, centre[None].astype(float))[0]
         info.append({"centre_ras_mm": [round(float(v), 1) for v in ras], "radius_mm": round(radius, 2)})
     brain = np.clip(tissue["wm"] + tissue["gm"], 0, 1)
     core *= brain
+    if necrosis is not None:
+        necrosis *= brain
     whole = np.maximum(core, whole * np.clip(tissue["wm"] + 0.3 * tissue["gm"], 0, 1))
     return core, whole, info
 
@@ -309,7 +332,7 @@ def acquisition_grid(template: Template, site: SiteSpec) -> Grid:
     spacing = [g, g, g]
     start = [-0.5] * 3  # voxel-edge extent in template index units, per sitk axis
     length = [float(n) for n in size]
-    for r, (np_axis, sign) in enumerate(_ras_axes(geo)):
+    for r, (np_axis, sign) in enumerate(ras_axes(geo)):
         k = 2 - np_axis
         lo, hi = site.fov_crop[r] if site.fov_crop is not None else (0.0, 1.0)
         if sign < 0:
@@ -333,7 +356,7 @@ def _psf_sigma_vox(template: Template, site: SiteSpec, grid: Grid) -> list[float
     g = float(template.spacing[0])
     geo = template.geometry
     sigmas = [0.0, 0.0, 0.0]
-    for r, (np_axis, _sign) in enumerate(_ras_axes(geo)):
+    for r, (np_axis, _sign) in enumerate(ras_axes(geo)):
         width = grid.spacing[2 - np_axis]
         if r == 2 and site.slice_thickness is not None:
             width = site.slice_thickness
@@ -342,7 +365,7 @@ def _psf_sigma_vox(template: Template, site: SiteSpec, grid: Grid) -> list[float
     return sigmas
 
 
-def _to_grid(array: np.ndarray, template: Template, grid: Grid) -> np.ndarray:
+def to_grid(array: np.ndarray, template: Template, grid: Grid) -> np.ndarray:
     """Linear resampling of a template-grid array onto an acquisition grid (identity when they coincide)."""
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(template.geometry)
@@ -376,14 +399,27 @@ def channel_image(
     frac = np.divide(core, whole, out=np.zeros_like(core), where=whole > 1e-6)
     lesion = f32(table["edema"]) + (f32(table["core"]) - f32(table["edema"])) * frac
     img += whole * (lesion - img)
+    return acquire(img, template, site, grid, rng)
+
+
+def acquire(
+    img: np.ndarray,
+    template: Template,
+    site: SiteSpec,
+    grid: Grid,
+    rng: np.random.Generator,
+    brain: np.ndarray | None = None,
+) -> np.ndarray:
+    """A template-grid signal as the site's scanner stores it; zero outside `brain` (skull-stripped) if given."""
+    f32 = np.float32
     sigmas = _psf_sigma_vox(template, site, grid)
     if max(sigmas) > 0.05:
         img = ndimage.gaussian_filter(img, sigmas, truncate=3.0)
-    img = _to_grid(img, template, grid)
+    img = to_grid(img, template, grid)
     if site.gamma != 1.0:
         img = np.power(np.maximum(img, 0, out=img), f32(site.gamma))
     if site.bias > 0:
-        knots = _knots(img.shape, float(min(grid.spacing)), BIAS_CONTROL_MM)
+        knots = knots_for(img.shape, float(min(grid.spacing)), BIAS_CONTROL_MM)
         img *= np.exp(f32(site.bias) * smooth_field(img.shape, knots, rng))
     if site.noise > 0:
         n1 = rng.standard_normal(img.shape, dtype=f32)
@@ -396,10 +432,12 @@ def channel_image(
         img *= f32(site.scale)
     if site.offset != 0.0:
         img += f32(site.offset)
+    if brain is not None:
+        img *= brain
     return img.astype(f32, copy=False)
 
 
-def _stored(array: np.ndarray, grid: Grid, orientation: str) -> sitk.Image:
+def stored_image(array: np.ndarray, grid: Grid, orientation: str) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(grid.spacing)
     image.SetOrigin(grid.origin)
@@ -419,6 +457,6 @@ def make_case(template: Template, site: SiteSpec, rng: np.random.Generator) -> C
     for channel in sorted(site.channels, key=CHANNELS.index):  # canonical order; unknown names raise
         stream = streams[2 + CHANNELS.index(channel)]
         array = channel_image(tissue, core, whole, site.channels[channel], template, site, grid, stream)
-        images[channel] = _stored(array, grid, site.orientation)
-    labels = label_map(_to_grid(core, template, grid), _to_grid(whole, template, grid), site.annotation)
-    return Case(images=images, label=_stored(labels, grid, site.orientation), site=site.name, lesions=info)
+        images[channel] = stored_image(array, grid, site.orientation)
+    labels = label_map(to_grid(core, template, grid), to_grid(whole, template, grid), site.annotation)
+    return Case(images=images, label=stored_image(labels, grid, site.orientation), site=site.name, lesions=info)
