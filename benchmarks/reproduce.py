@@ -32,7 +32,8 @@ import torch
 from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.datasets import DATASET_JSON, write_dataset
 from UHarmonyLib.data.plan import plan_training
-from UHarmonyLib.data.spec import REALISTIC, SynthSpec, parse_spec, resolve_scenario
+from UHarmonyLib.data.scenarios import REALISTIC
+from UHarmonyLib.data.spec import SynthSpec, parse_spec, resolve_scenario
 from UHarmonyLib.evaluation.scoring import mean_defined, score_masks
 from UHarmonyLib.files.atomic import atomic_dir, check_writable, write_text_atomic
 from UHarmonyLib.inference.device import resolve_device, resolve_precision
