@@ -21,7 +21,18 @@ from UHarmonyLib.files.checksum import sha256_file
 SITES = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 WHOLE = "whole lesion"
 TINY_ARGS = ["--patch", 32, "--filters", 4, 8, 16, "--spacing", 4, 4, 4]
-CASE_KEYS = {"case", "site", "chosen", "probabilities", "entropy", "familiar", "distance", "dice", "hd95_mm"}
+CASE_KEYS = {
+    "case",
+    "site",
+    "chosen",
+    "probabilities",
+    "entropy",
+    "familiar",
+    "distance",
+    "dice",
+    "hd95_mm",
+    "lesion_dice",
+}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +110,8 @@ def test_report_has_cases_sites_confusion_and_markdown(
         assert list(c["probabilities"]) == SITES and sum(c["probabilities"].values()) == pytest.approx(1, abs=1e-3)
         assert c["distance"] is not None  # trained bundles carry a gate bank
         expected = [WHOLE] if c["site"] == "hospital-c" else ["lesion core", "edema", WHOLE]
-        assert list(c["dice"]) == expected == list(c["hd95_mm"])
+        assert list(c["dice"]) == expected == list(c["hd95_mm"]) == list(c["lesion_dice"])
+        assert all(d is None or 0 <= d <= 1 for d in c["lesion_dice"].values())
 
     sites = report["sites"]
     assert list(sites) == SITES
@@ -110,6 +122,8 @@ def test_report_has_cases_sites_confusion_and_markdown(
         assert s["cases"] == 2 and s["seen"] is True
         assert s["gate_accuracy"] == pytest.approx(np.mean([c["chosen"] == name for c in rows]), abs=1e-4)
         assert s["dice"][WHOLE] == pytest.approx(np.mean([c["dice"][WHOLE] for c in rows]), abs=1e-4)
+        lesion_means = np.mean([c["lesion_dice"][WHOLE] for c in rows])
+        assert s["lesion_dice"][WHOLE] == pytest.approx(lesion_means, abs=1e-4)
 
     confusion = report["gate_confusion"]
     assert list(confusion) == SITES and all(list(row) == SITES for row in confusion.values())
@@ -119,6 +133,7 @@ def test_report_has_cases_sites_confusion_and_markdown(
     markdown = out.with_suffix(".md").read_text(encoding="utf-8")
     assert markdown.startswith("# Evaluation of mixed-model v1")
     assert "| Site | Cases | Dice lesion core | Dice edema | Dice whole lesion |" in markdown
+    assert "| Lesion-wise Dice lesion core | Lesion-wise Dice edema | Lesion-wise Dice whole lesion |" in markdown
     assert "## Gate confusion" in markdown and "## Per case" in markdown
     assert all(f"| {s} | 2 |" in markdown for s in SITES)
 

@@ -28,7 +28,12 @@ OPTIONS = [
 
 
 def add_parser(verbs: Verbs) -> None:
-    add_command(verbs, "evaluate", "score a model bundle on a labelled dataset: Dice, HD95, gate accuracy", OPTIONS)
+    add_command(
+        verbs,
+        "evaluate",
+        "score a model bundle on a labelled dataset: Dice, HD95, lesion-wise Dice, gate accuracy",
+        OPTIONS,
+    )
 
 
 def markdown_path(out: Path) -> Path:
@@ -78,11 +83,16 @@ def _gate_cell(site: dict[str, Any]) -> str:
 
 def _case_cells(case: dict[str, Any], labels: list[str]) -> list[Any]:
     gate = [case["chosen"], case["entropy"], case["familiar"]]
-    return [case["case"], case["site"], *gate, *[case["dice"].get(n) for n in labels], case["hd95_mm"].get(WHOLE)]
+    dice = [case["dice"].get(n) for n in labels]
+    lesions = [case["lesion_dice"].get(n) for n in labels]
+    return [case["case"], case["site"], *gate, *dice, case["hd95_mm"].get(WHOLE), *lesions]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The report for people: per-site table, the gate's confusion matrix, per-case table."""
+    """The report for people: per-site table, the gate's confusion matrix, per-case table.
+
+    Lesion-wise Dice columns follow HD95, so the voxel-Dice columns keep their place.
+    """
     labels = _label_columns(report)
     mode = "given per case (--site given)" if report["site_given"] else "chosen by the domain gate"
     lines = [
@@ -94,9 +104,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Per site",
         "",
     ]
-    header = ["Site", "Cases", *[f"Dice {n}" for n in labels], f"HD95 {WHOLE} (mm)", "Gate accuracy"]
+    lesion_header = [f"Lesion-wise Dice {n}" for n in labels]
+    header = ["Site", "Cases", *[f"Dice {n}" for n in labels], f"HD95 {WHOLE} (mm)", *lesion_header, "Gate accuracy"]
     rows = [
-        [name, s["cases"], *[s["dice"].get(n) for n in labels], s["hd95_mm"].get(WHOLE), _gate_cell(s)]
+        [
+            name,
+            s["cases"],
+            *[s["dice"].get(n) for n in labels],
+            s["hd95_mm"].get(WHOLE),
+            *[s["lesion_dice"].get(n) for n in labels],
+            _gate_cell(s),
+        ]
         for name, s in report["sites"].items()
     ]
     lines += _table(header, rows)
@@ -108,6 +126,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Gate accuracy over cases from sites the model knows: {_cell(report['gate_accuracy'], 3)}"]
     lines += ["", "## Per case", ""]
     header = ["Case", "Site", "Chosen", "Entropy", "Familiar", *[f"Dice {n}" for n in labels], f"HD95 {WHOLE} (mm)"]
+    header += lesion_header
     lines += _table(header, [_case_cells(c, labels) for c in report["cases"]])
     return "\n".join(lines) + "\n"
 
@@ -116,7 +135,8 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     """Per-site whole-lesion Dice and gate accuracy, then where the report went."""
     for name, s in report["sites"].items():
         gate = "" if report["site_given"] else f", gate accuracy {_gate_cell(s)}"
-        print(f"{name}: {s['cases']} cases, whole-lesion Dice {_cell(s['dice'].get(WHOLE))}{gate}")
+        lesions = f" (lesion-wise {_cell(s['lesion_dice'].get(WHOLE))})"
+        print(f"{name}: {s['cases']} cases, whole-lesion Dice {_cell(s['dice'].get(WHOLE))}{lesions}{gate}")
     if not report["site_given"]:
         print(f"Gate accuracy (sites the model knows): {_cell(report['gate_accuracy'])}")
     print(f"Wrote {out} and {markdown_path(out)} ({len(report['cases'])} cases, {report['seconds']:.1f} s)")
@@ -149,7 +169,17 @@ def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     payload = {
         "report": str(args.out),
         "markdown": str(markdown_path(args.out)),
-        **{k: report[k] for k in ("site_given", "gate_accuracy", "mean_dice_whole_lesion", "sites", "seconds")},
+        **{
+            k: report[k]
+            for k in (
+                "site_given",
+                "gate_accuracy",
+                "mean_dice_whole_lesion",
+                "mean_lesion_dice_whole_lesion",
+                "sites",
+                "seconds",
+            )
+        },
     }
     reporter.result(payload)
     if not isinstance(reporter, JsonReporter):

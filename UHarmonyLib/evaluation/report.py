@@ -6,7 +6,8 @@ channel and label order need not be the dataset's: each dataset channel goes to 
 channel of the same name (model channels the dataset lacks stay all-zero, as in training),
 each dataset label to the model label of the same name or, for a coarse label, to the labels
 its `merges` lists. Every case goes through `segment_volumes` as `uharmony segment` runs it
-and is scored with the validation's own functions, in the labels its site annotates.
+and is scored with the validation's own functions, in the labels its site annotates, and
+with lesion-wise Dice (evaluation/lesionwise.py), which counts each lesion once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.datasets import read_dataset_json
 from UHarmonyLib.data.plan import Plan, PlannedCase, plan_training
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined, score_case
+from UHarmonyLib.evaluation.scoring import WHOLE, lesion_scores, mean_defined, score_case
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.inference.gate_decision import GateDecision
 from UHarmonyLib.model.weights import Bundle
@@ -132,6 +133,7 @@ def score_cases(
         )
         pred = sitk.GetArrayViewFromImage(result.labels)
         scores = score_case(pred, groups, case.label_names, loaded.groups_zyx, result.labels.GetSpacing()[::-1])
+        lesions = lesion_scores(pred, groups, case.label_names, loaded.groups_zyx)
         rows.append(
             {
                 "case": case.entry.case,
@@ -139,6 +141,7 @@ def score_cases(
                 **_gate_fields(result.gate),
                 "dice": {k: _round(d) for k, (d, _) in scores.items()},
                 "hd95_mm": {k: _round(h, 3) for k, (_, h) in scores.items()},
+                "lesion_dice": {k: _round(d) for k, d in lesions.items()},
             }
         )
         run = {"device": result.device, "precision": result.precision, "passes": result.passes}
@@ -154,6 +157,7 @@ def _site_summary(rows: list[dict[str, Any]], seen: bool, site_given: bool) -> d
         "seen": seen,
         "dice": {n: mean_defined([r["dice"].get(n) for r in rows]) for n in names},
         "hd95_mm": {n: mean_defined([r["hd95_mm"].get(n) for r in rows]) for n in names},
+        "lesion_dice": {n: mean_defined([r["lesion_dice"].get(n) for r in rows]) for n in names},
         "gate_accuracy": mean_defined([float(r["chosen"] == r["site"]) for r in rows])
         if seen and not site_given
         else None,
@@ -172,6 +176,7 @@ def summarize(rows: list[dict[str, Any]], sites: list[str], model_sites: list[st
     return {
         "sites": summaries,
         "mean_dice_whole_lesion": mean_defined([s["dice"].get(WHOLE) for s in summaries.values()]),
+        "mean_lesion_dice_whole_lesion": mean_defined([s["lesion_dice"].get(WHOLE) for s in summaries.values()]),
         "gate_accuracy": None if site_given else mean_defined(gate),
         "gate_confusion": confusion,
     }

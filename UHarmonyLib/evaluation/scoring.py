@@ -1,4 +1,4 @@
-"""The project's one scoring rule: Dice and 95 % Hausdorff distance with MONAI's metrics.
+"""The project's one scoring rule: Dice and 95 % Hausdorff distance with MONAI's metrics, lesion-wise Dice.
 
 Every command and benchmark scores through here, so `demo`, `evaluate`, training
 validation and the tables agree on every case. A label the reference does not contain
@@ -20,6 +20,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
 from UHarmonyLib.data.labels import WHOLE_LABEL
+from UHarmonyLib.evaluation.lesionwise import lesion_dice
 
 WHOLE = WHOLE_LABEL  # every label > 0 together
 
@@ -63,6 +64,15 @@ def score_masks(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float
     return overlap, _finite(hd)
 
 
+def _case_masks(
+    pred: np.ndarray, groups: Sequence[Sequence[int]], label_names: Sequence[str], truth_groups: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(prediction, reference) masks per label a case annotates, plus the whole lesion, in the case's own labels."""
+    masks = {name: (np.isin(pred, groups[g]), truth_groups == g) for g, name in enumerate(label_names, start=1)}
+    masks.setdefault(WHOLE, (~np.isin(pred, groups[0]), truth_groups > 0))
+    return masks
+
+
 def score_case(
     pred: np.ndarray,
     groups: Sequence[Sequence[int]],
@@ -75,9 +85,24 @@ def score_case(
     `groups[g]` lists the predicted label values that group g covers (group 0: background and
     every value the case does not annotate); `truth_groups` holds the case's group index per voxel.
     """
-    masks = {name: (np.isin(pred, groups[g]), truth_groups == g) for g, name in enumerate(label_names, start=1)}
-    masks.setdefault(WHOLE, (~np.isin(pred, groups[0]), truth_groups > 0))
+    masks = _case_masks(pred, groups, label_names, truth_groups)
     return {name: score_masks(p, t, spacing_zyx) for name, (p, t) in masks.items()}
+
+
+def lesion_scores(
+    pred: np.ndarray,
+    groups: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+    truth_groups: np.ndarray,
+    min_size: int = 0,
+) -> dict[str, float | None]:
+    """Lesion-wise Dice (evaluation/lesionwise.py) per label a case annotates, plus the whole lesion.
+
+    The same labels and masks as `score_case`; kept apart from it because connected
+    components are worth their cost in a report, not in every training validation.
+    """
+    masks = _case_masks(pred, groups, label_names, truth_groups)
+    return {name: lesion_dice(p, t, min_size) for name, (p, t) in masks.items()}
 
 
 def dice_scores(
