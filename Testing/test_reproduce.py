@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import REPO, is_fraction, results_renderer
 
@@ -25,6 +26,7 @@ DYNUNET = (
     "addsite_scratch",
 )
 SWINUNETR = ("joint_instance", "uharmony_given", "uharmony_gated")
+WHOLE = "whole lesion"
 TRAINING_SITES = {"hospital-a", "hospital-b", "hospital-c", "hospital-d"}
 
 
@@ -56,10 +58,33 @@ def test_quick_run_writes_every_row_and_renders_them(quick_table: tuple[dict[str
         one_site = "cases" if method.startswith("addsite") else "sites"
         assert r["spread"] == ("seeds" if len(r["seeds"]) > 1 else one_site) and r["steps"] > 0
     given, gated = rows[("dynunet", "uharmony_given")], rows[("dynunet", "uharmony_gated")]
-    assert given["seeds"] == gated["seeds"] == rows[("dynunet", "joint_instance")]["seeds"] == [0, 1]
+    assert given["seeds"] == gated["seeds"] == rows[("dynunet", "joint_instance")]["seeds"] == [101, 102]
     assert is_fraction(gated["gate_accuracy"]) and is_fraction(rows[("dynunet", "addsite_uharmony")]["gate_accuracy"])
     assert doc["command"].startswith("python benchmarks/reproduce.py --quick") and doc["seconds"] > 0
     assert doc["settings"]["torch_threads"] == 1 and doc["notes"]
+    assert doc["evaluation"] == "development" and doc["protocol"]["test_seeds"]
+    test_seeds = set(doc["protocol"]["test_seeds"])
+    assert not test_seeds & set(doc["settings"]["data_seeds"].values())  # a quick run never sees the test seeds
+
+    cases = json.loads((quick_table[1].parent / doc["case_scores"]).read_text(encoding="utf-8"))
+    records = cases["cases"]
+    assert cases["evaluation"] == "development" and cases["summary"] == "reproduce.json"
+    for r in records:
+        assert {"arm", "replicate", "case", "site", "dice", "hd95_mm", "lesion_dice"} <= set(r)
+        assert WHOLE in r["dice"] and WHOLE in r["lesion_dice"]
+    gated_records = [r for r in records if r["arm"] == "uharmony_gated"]
+    assert len(gated_records) == 2 * 4  # 2 replicates x 4 sites x 1 test case
+    per_seed = [np.mean([r["dice"][WHOLE] for r in gated_records if r["replicate"] == k]) for k in (0, 1)]
+    assert per_seed == pytest.approx(gated["seed_means"], abs=1e-3)
+
+    compared = {c["name"]: c for c in doc["comparisons"]}
+    assert "uharmony_gated - joint_instance" in compared and "addsite_uharmony - addsite_scratch" in compared
+    for c in compared.values():
+        assert c["ci95"][0] <= c["diff_mean"] <= c["ci95"][1] and c["holds"] == (c["ci95"][0] > 0)
+    first = compared["uharmony_gated - joint_instance"]
+    assert first["replicates"] == 2 and first["cases"] == 8
+    assert first["diff_mean"] == pytest.approx(np.mean(gated["seed_means"]) - np.mean(
+        rows[("dynunet", "joint_instance")]["seed_means"]), abs=2e-3)  # fmt: skip
 
     markdown = "\n".join(results_renderer("reproduce.json")(doc))
     assert "| method | backbone |" in markdown and "| goal | value | met |" in markdown
@@ -82,17 +107,20 @@ def test_ablation_reuses_the_table_and_pairs_a_variant_seed_by_seed(
             assert rows[r["method"]]["seed_means"] == r["seed_means"], r["method"]
     trained = {m["model"] for m in doc["models"] if not m.get("reused")}
     assert trained == {
-        "dynunet-uharmony-independent-s0",
-        "dynunet-uharmony-independent-s1",
+        "dynunet-uharmony-independent-r0",
+        "dynunet-uharmony-independent-r1",
         "addsite-uharmony-backbone",
     }
-    card = json.loads((work / "models" / "dynunet-uharmony-independent-s0" / "model.json").read_text(encoding="utf-8"))
+    card = json.loads((work / "models" / "dynunet-uharmony-independent-r0" / "model.json").read_text(encoding="utf-8"))
     assert card["architecture"]["degree"] == 3 and "--site-params independent" in card["provenance"]["command"]
     assert [(p["method"], p["against"]) for p in doc["paired_gain"]] == [
         ("uharmony_gated", "joint_instance"),
         ("uharmony_independent_gated", "joint_instance"),
         ("uharmony_gated", "uharmony_independent_gated"),
     ]
+    assert [c["name"] for c in doc["comparisons"]] == [f"{p['method']} - {p['against']}" for p in doc["paired_gain"]]
+    assert all(c["replicates"] == 2 and c["ci95"][0] <= c["diff_mean"] <= c["ci95"][1] for c in doc["comparisons"])
+    assert (tmp_path / doc["case_scores"]).is_file()
     for p in doc["paired_gain"]:
         base, own = rows[p["against"]]["seed_means"], rows[p["method"]]["seed_means"]
         assert p["per_seed"] == [round(a - b, 4) for a, b in zip(own, base)]

@@ -27,16 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from protocol import load_tests, write_case_scores
 from reproduce import (
     FULL,
     HELDOUT,
+    PROTOCOL,
     QUICK,
     Run,
     check_work,
+    comparisons,
     fine_tune,
     grow_site,
     joint_rows,
-    load_tests,
     log,
     make_data,
     row,
@@ -65,15 +67,19 @@ CONTRASTS = (  # (method, against, what the difference measures)
 def variant_rows(run: Run, names: list[str]) -> list[dict[str, Any]]:
     """`name`_given and `name`_gated for each variant: the table's U-Harmony with other training settings."""
     s, tests = run.settings, run.tests["test"]
+    seeds = PROTOCOL.replicate_seeds(s.replicates)
     rows = []
     for name in names:
         stem = name.replace("_", "-").replace("uharmony-", "dynunet-uharmony-", 1)
-        models = [run.fit(f"{stem}-s{k}", [run.data["train"]], "uharmony", k, **VARIANTS[name]) for k in s.seeds]
-        given = [run.score(m, tests, given=True)[0] for m in models]
-        gated = [run.score(m, tests, given=False) for m in models]
+        models = [
+            run.fit(f"{stem}-r{r}", [run.data[f"train-r{r}"]], "uharmony", seed, **VARIANTS[name])
+            for r, seed in enumerate(seeds)
+        ]
+        given = [run.score(m, tests, True, f"{name}_given", r) for r, m in enumerate(models)]
+        gated = [run.score(m, tests, False, f"{name}_gated", r) for r, m in enumerate(models)]
         rows += [
-            row(f"{name}_given", "dynunet", s.seeds, given, s.steps),
-            row(f"{name}_gated", "dynunet", s.seeds, [g[0] for g in gated], s.steps, [g[1] for g in gated]),
+            row(f"{name}_given", "dynunet", seeds, given, s.steps),
+            row(f"{name}_gated", "dynunet", seeds, gated, s.steps),
         ]
         log(f"{name} rows done", run.started)
     return rows
@@ -99,12 +105,12 @@ def addsite_rows(
         "addsite_scratch": (run.fit("addsite-scratch", [run.data["heldout-train"]], "instance"), None),
     }
     before = {r["method"]: r["seed_means"][0] for r in joint}
+    seed = PROTOCOL.replicate_seeds(1)
     rows, old = [], []
     for method, (model, parent) in models.items():
-        new_site, gate = run.score(model, new_tests, given=False)
         steps = s.steps if method == "addsite_scratch" else s.addsite_steps
-        rows.append(row(method, "dynunet", [0], [new_site], steps, [gate]))
-        after = row(method, "dynunet", [0], [run.score(model, tests, given=False)[0]], steps)
+        rows.append(row(method, "dynunet", seed, [run.score(model, new_tests, False, method)], steps))
+        after = row(method, "dynunet", seed, [run.score(model, tests, False, f"{method}_old_sites")], steps)
         entry = {"method": method, "old_sites_after": after["dice_mean"], "per_site_after": after["per_site"]}
         if parent is not None:
             base = before[parent]
@@ -145,20 +151,23 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = parser.parse_args()
+    if args.quick and args.final:
+        parser.error("--quick never uses the test seeds: drop --final")
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     check_writable(args.out)
     work = args.work or Path(tempfile.mkdtemp(prefix="uharmony-ablation-"))
-    check_work(work, json.loads(json.dumps(asdict(settings))))
+    check_work(work, {**json.loads(json.dumps(asdict(settings))), "final": args.final})
     try:
         run = Run(work, settings, args.device, started)
-        run.data = make_data(work, settings)
+        run.data = make_data(work, settings, args.final)
         run.tests = {"test": load_tests(run.data["test"])}
         log("data ready", started)
         run.tests["heldout-test"] = load_tests(run.data["heldout-test"])
-        joint, plain, harmony = joint_rows(run, "dynunet", settings.seeds)
+        joint, plain, harmony = joint_rows(run, "dynunet", settings.replicates)
         rows = joint + variant_rows(run, args.variants)
         added, old_sites = addsite_rows(run, plain, harmony, joint)
     finally:
@@ -167,6 +176,10 @@ def main() -> int:
     doc = {
         "rows": rows,
         "paired_gain": paired(rows),
+        "comparisons": comparisons(run.scored, CONTRASTS),
+        "evaluation": "test" if args.final else "development",
+        "protocol": PROTOCOL.to_json(),
+        "case_scores": write_case_scores(args.out, PROTOCOL, args.final, run.scored).name,
         "addsite_rows": added,
         "addsite_old_sites": old_sites,
         "variants": {"uharmony": {"restore_degree": 3, "site_params": "residual"}, **VARIANTS},
@@ -179,7 +192,11 @@ def main() -> int:
             "resolution; site rows trained as shared + offset); the variants change only what 'variants' lists. "
             "Same data, seeds, steps, sampler and test cases as benchmarks/reproduce.py; models in 'models' marked "
             "reused were trained by that script in the same work folder.",
-            "paired_gain: method minus against, per seed (seed k against seed k), then mean and sample standard "
+            "comparisons: method minus against, case by case within each replicate, with the hierarchical "
+            "bootstrap 95 % CI (replicates, then cases); holds when its lower bound is above 0. Per-case scores "
+            "are in case_scores.",
+            "paired_gain: method minus against, per replicate (replicate k against replicate k), then mean and sample "
+            "standard "
             f"deviation; 'wins' counts seeds with a positive difference; goal (against joint_instance) from the "
             f"reproduction issue: at least +{GOAL}.",
             "Scored with one pass (no test-time mirroring), as the reproduction table is.",

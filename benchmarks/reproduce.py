@@ -1,14 +1,17 @@
 """The reproduction table: U-Harmony joint training against its baselines, and adding a site, on synthetic data.
 
     .venv/bin/python benchmarks/reproduce.py [--quick] [--plan] [--out docs/results/reproduce.json]
-        [--work DIR] [--keep] [--steps N] [--threads 1] [--device auto]
+        [--work DIR] [--keep] [--steps N] [--threads 1] [--device auto] [--final]
 
-Training sites are the four `mixed` sites (training cases from one seed, test cases from another); a fifth,
-held-out site (hospital-e, an appearance no training site has) gets a few training and test cases. Every model
-is trained by the library's own `train`, the new site is added by its `add_site`, and every test case goes
-through `segment_volumes` as `uharmony segment` runs it; the figure is whole-lesion Dice, which every site
-annotates (hospital-c annotates nothing else). The plan, with its estimated minutes, is printed first;
-`--plan` stops there. Datasets and bundles finished in `--work` are reused by a rerun with the same settings,
+Training sites are the four `mixed` sites; a fifth, held-out site (hospital-e, an appearance no training site
+has) gets a few training and test cases. Seeds follow the locked protocol (benchmarks/protocol.py): replicate r
+trains on its own training-data draw with its own training seed, and the test cases come from the protocol's
+test seeds only with `--final` (development seeds otherwise). Every model is trained by the library's own
+`train`, the new site is added by its `add_site`, and every test case goes through `segment_volumes` as
+`uharmony segment` runs it; every case's scores are saved beside the summary, the table's figure is whole-lesion
+Dice (every site annotates it; hospital-c annotates nothing else), and arms are compared case by case with a
+hierarchical bootstrap 95 % CI. The plan, with its estimated minutes, is printed first; `--plan` stops there.
+Datasets and bundles finished in `--work` are reused by a rerun with the same settings,
 and an interrupted training resumes from its checkpoint, so a killed run loses little.
 """
 
@@ -26,18 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
+from protocol import EvalSet, Scored, compare, load_protocol, load_tests, score_bundle, write_case_scores
 
 from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.datasets import DATASET_JSON, write_dataset
 from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.data.scenarios import REALISTIC
 from UHarmonyLib.data.spec import SynthSpec, parse_spec, resolve_scenario
-from UHarmonyLib.evaluation.scoring import mean_defined, score_masks
+from UHarmonyLib.evaluation.scoring import mean_defined
 from UHarmonyLib.files.atomic import atomic_dir, check_writable, write_text_atomic
 from UHarmonyLib.inference.device import resolve_device, resolve_precision
-from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.model.card import read_card
 from UHarmonyLib.model.weights import Bundle, load_bundle, make_card, save_bundle
 from UHarmonyLib.training import TrainConfig
@@ -48,6 +50,7 @@ from UHarmonyLib.training.sampling import PatchSampler
 from UHarmonyLib.training.steps import segmentation_steps
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = load_protocol()
 METHODS = (
     "separate",
     "joint_instance",
@@ -75,7 +78,7 @@ HELDOUT_SPEC = {  # an appearance none of the training sites has
         }
     ],
 }
-DATA_SEEDS = {"train": 11, "test": 12, "heldout-train": 13, "heldout-test": 14}
+TEST_SETS = ("test", "heldout-test")  # evaluation set k is drawn from the protocol's k-th evaluation seed
 ADDSITE_LR = 2e-3  # add-site's default; the fine-tuning alternative uses the same schedule
 
 
@@ -93,7 +96,7 @@ class Settings:
     batch_size: int
     steps: int  # per joint model; the separate models share this budget (steps / sites each)
     addsite_steps: int  # add-site and the fine-tuning alternative
-    seeds: tuple[int, ...]  # joint_instance and uharmony (dynunet)
+    replicates: int  # joint_instance and uharmony (dynunet); each its own training data and seed
     swin_patch: int
     swin_steps: int
     feature_size: int = 12
@@ -114,15 +117,15 @@ class Cost:
 FULL = Settings(
     spacing=2.0,  # hospital-b's lesions (3-6 mm radius on 4 mm slices) vanish on a 3 mm grid
     cases_per_site=8,
-    test_cases_per_site=4,
+    test_cases_per_site=PROTOCOL.test_cases_per_site,
     heldout_train=5,
-    heldout_test=4,
+    heldout_test=PROTOCOL.test_cases_per_site,
     filters=(8, 16, 32, 64),
     patch=48,
     batch_size=2,
     steps=1800,
     addsite_steps=900,
-    seeds=(0, 1, 2),
+    replicates=PROTOCOL.replicates,
     swin_patch=64,
     swin_steps=120,
 )
@@ -137,7 +140,7 @@ QUICK = Settings(
     batch_size=2,
     steps=6,
     addsite_steps=6,
-    seeds=(0, 1),
+    replicates=2,
     swin_patch=64,
     swin_steps=2,
 )
@@ -156,10 +159,10 @@ def log(message: str, started: float) -> None:
 
 def planned_work(s: Settings) -> dict[str, int]:
     """How many cases, optimizer steps and test-case inferences the run does."""
-    sites, seeds = 4, len(s.seeds)
+    sites, seeds = 4, s.replicates
     tests = sites * s.test_cases_per_site
     return {
-        "synth_cases": sites * (s.cases_per_site + s.test_cases_per_site) + s.heldout_train + s.heldout_test,
+        "synth_cases": sites * (seeds * s.cases_per_site + s.test_cases_per_site) + s.heldout_train + s.heldout_test,
         "models": sites + 2 * seeds + 1 + 3,
         "steps": (1 + 2 * seeds + 1 + 1) * s.steps + 2 * s.addsite_steps,
         "swin_steps": 2 * s.swin_steps,
@@ -204,50 +207,34 @@ def one_site(dataset: Path, site: str, folder: Path) -> Path:
     return folder
 
 
-def make_data(work: Path, s: Settings) -> dict[str, Path]:
+def data_seeds(s: Settings, final: bool) -> dict[str, int]:
+    """The synth seed of every dataset: replicate r's training data, the held-out site's, the test sets'."""
+    replicates = PROTOCOL.replicate_seeds(s.replicates)
+    evaluation = PROTOCOL.evaluation_seeds(final)
+    return {
+        **{f"train-r{r}": seed for r, seed in enumerate(replicates)},
+        "heldout-train": replicates[0],  # added to replicate 0's models
+        **{name: evaluation[k] for k, name in enumerate(TEST_SETS)},
+    }
+
+
+def make_data(work: Path, s: Settings, final: bool) -> dict[str, Path]:
     mixed, heldout = resolve_scenario("mixed"), parse_spec(HELDOUT_SPEC, "the held-out site")
+    seeds = data_seeds(s, final)
     jobs = {
-        "train": (mixed, s.cases_per_site),
+        **{name: (mixed, s.cases_per_site) for name in seeds if name.startswith("train-")},
         "test": (mixed, s.test_cases_per_site),
         "heldout-train": (heldout, s.heldout_train),
         "heldout-test": (heldout, s.heldout_test),
     }
     (work / "data").mkdir(parents=True, exist_ok=True)
     data = {
-        name: synthesize(work / "data" / name, spec, DATA_SEEDS[name], s.spacing, count)
+        name: synthesize(work / "data" / name, spec, seeds[name], s.spacing, count)
         for name, (spec, count) in jobs.items()
     }
     for site in (x.name for x in mixed.sites):
-        data[site] = one_site(data["train"], site, work / "data" / f"train-{site}")
+        data[site] = one_site(data["train-r0"], site, work / "data" / f"train-{site}")
     return data
-
-
-@dataclass
-class EvalCase:
-    site: str
-    images: list[sitk.Image]
-    truth: np.ndarray  # whole lesion, (z, y, x)
-    background: list[int]  # label values that are not lesion for this case's site
-
-
-@dataclass
-class EvalSet:
-    channels: list[str]
-    labels: list[str]
-    cases: list[EvalCase]
-
-    def only(self, site: str) -> EvalSet:
-        return replace(self, cases=[c for c in self.cases if c.site == site])
-
-
-def load_tests(dataset: Path) -> EvalSet:
-    """Test cases read once, as training reads cases (missing channels as zero images)."""
-    plan = plan_training([dataset], 0.0, 0)
-    cases = []
-    for case in plan.cases:
-        loaded = load_case(case, len(plan.channels))
-        cases.append(EvalCase(plan.sites[case.site].name, loaded.images, loaded.groups_zyx > 0, case.groups[0]))
-    return EvalSet(plan.channels, plan.label_names, cases)
 
 
 # ---------------------------------------------------------------- models and scores
@@ -267,6 +254,7 @@ class Run:
         self.trained: list[dict[str, Any]] = []
         self.data: dict[str, Path] = {}
         self.tests: dict[str, EvalSet] = {}
+        self.scored: list[Scored] = []
 
     def fit(
         self,
@@ -319,28 +307,11 @@ class Run:
         self.trained.append({"model": name, "steps": steps, "seconds": round(seconds, 1), "seconds_per_step": per_step})
         log(f"{name}: {steps} steps in {seconds:.0f} s ({per_step:.2f} s/step)", self.started)
 
-    def score(self, model: Path | Bundle, tests: EvalSet, given: bool) -> tuple[dict[str, list[float]], float | None]:
-        return score_bundle(model, tests, given, self.torch_device)
-
-
-def score_bundle(
-    model: Path | Bundle, tests: EvalSet, given: bool, device: torch.device
-) -> tuple[dict[str, list[float]], float | None]:
-    """Whole-lesion Dice per test case by site (site named, or the gate deciding), and the gate's accuracy."""
-    bundle = model if isinstance(model, Bundle) else load_bundle(model, device)
-    if bundle.channel_names != tests.channels or [lab["name"] for lab in bundle.labels] != tests.labels:
-        raise SystemExit(f"{bundle.path}: channels or labels differ from the test cases'")
-    dice: dict[str, list[float]] = {}
-    hits = []
-    for case in tests.cases:
-        site = case.site if given else "auto"
-        result = segment_volumes(bundle, case.images, site=site, device=device, mirror=False)
-        pred = ~np.isin(sitk.GetArrayViewFromImage(result.labels), case.background)
-        d, _ = score_masks(pred, case.truth, result.labels.GetSpacing()[::-1])
-        dice.setdefault(case.site, []).extend([] if d is None else [d])
-        hits.append(float(result.gate.chosen == case.site))
-    gated = not given and bundle.config.norm == "uharmony"
-    return dice, (round(float(np.mean(hits)), 4) if gated else None)
+    def score(self, model: Path | Bundle, tests: EvalSet, given: bool, arm: str, replicate: int = 0) -> Scored:
+        """One model scored on one test set; its case records join the run's case scores file."""
+        scored = score_bundle(model, tests, given, self.torch_device, arm, replicate)
+        self.scored.append(scored)
+        return scored
 
 
 def grow_site(run: Run, parent: Path, out: Path, train_backbone: bool = False) -> Path:
@@ -417,12 +388,12 @@ def row(
     method: str,
     backbone: str,
     seeds: Sequence[int],
-    runs: Sequence[dict[str, list[float]]],
+    runs: Sequence[Scored],
     steps: int,
-    gate_accuracy: Sequence[float | None] = (),
 ) -> dict[str, Any]:
-    """One table row from per-seed {site: case Dice}: means over cases, then sites; spread over seeds if any."""
-    per_seed = [{site: mean_defined(cases) for site, cases in r.items()} for r in runs]
+    """One table row from per-replicate case scores (whole-lesion Dice): means over cases, then sites; spread
+    over replicates if any."""
+    per_seed = [{site: mean_defined(cases) for site, cases in r.by_site().items()} for r in runs]
     seed_means = [mean_defined(list(p.values())) for p in per_seed]
     sites = list(per_seed[0])
     if len(runs) > 1:
@@ -430,7 +401,7 @@ def row(
     elif len(sites) > 1:
         spread, dice_std = "sites", std(list(per_seed[0].values()))
     else:
-        spread, dice_std = "cases", std(runs[0][sites[0]])
+        spread, dice_std = "cases", std(runs[0].by_site()[sites[0]])
     out = {
         "method": method,
         "backbone": backbone,
@@ -440,93 +411,140 @@ def row(
         "seeds": list(seeds),
         "seed_means": seed_means,
         "per_site": {site: mean_defined([p[site] for p in per_seed]) for site in sites},
+        "lesion_dice_mean": mean_defined([mean_defined(r.by_case("lesion_dice").values()) for r in runs]),
         "steps": steps,
     }
-    gates = [g for g in gate_accuracy if g is not None]
+    gates = [r.gate_accuracy for r in runs if r.gate_accuracy is not None]
     if gates:
         out["gate_accuracy"] = round(float(np.mean(gates)), 4)
     return out
 
 
-def joint_rows(run: Run, backbone: str, seeds: Sequence[int]) -> tuple[list[dict[str, Any]], Path, Path]:
-    """joint_instance, uharmony_given and uharmony_gated; returns them and the first seed's two models."""
+def arm_name(method: str, backbone: str) -> str:
+    return method if backbone == "dynunet" else f"{backbone}_{method}"
+
+
+def joint_rows(run: Run, backbone: str, replicates: int) -> tuple[list[dict[str, Any]], Path, Path]:
+    """joint_instance, uharmony_given and uharmony_gated; returns them and replicate 0's two models."""
     steps = run.settings.swin_steps if backbone == "swinunetr" else run.settings.steps
-    train, tests = run.data["train"], run.tests["test"]
-    plain = [run.fit(f"{backbone}-instance-s{k}", [train], "instance", k, backbone) for k in seeds]
-    harmony = [run.fit(f"{backbone}-uharmony-s{k}", [train], "uharmony", k, backbone) for k in seeds]
-    instance = [run.score(m, tests, given=False)[0] for m in plain]
-    given = [run.score(m, tests, given=True)[0] for m in harmony]
-    gated = [run.score(m, tests, given=False) for m in harmony]
+    seeds = PROTOCOL.replicate_seeds(replicates)
+    tests = run.tests["test"]
+    plain, harmony = [], []
+    for r, seed in enumerate(seeds):
+        train = [run.data[f"train-r{r}"]]
+        plain.append(run.fit(f"{backbone}-instance-r{r}", train, "instance", seed, backbone))
+        harmony.append(run.fit(f"{backbone}-uharmony-r{r}", train, "uharmony", seed, backbone))
+    arm = {m: arm_name(m, backbone) for m in ("joint_instance", "uharmony_given", "uharmony_gated")}
+    instance = [run.score(m, tests, False, arm["joint_instance"], r) for r, m in enumerate(plain)]
+    given = [run.score(m, tests, True, arm["uharmony_given"], r) for r, m in enumerate(harmony)]
+    gated = [run.score(m, tests, False, arm["uharmony_gated"], r) for r, m in enumerate(harmony)]
     rows = [
         row("joint_instance", backbone, seeds, instance, steps),
         row("uharmony_given", backbone, seeds, given, steps),
-        row("uharmony_gated", backbone, seeds, [g[0] for g in gated], steps, [g[1] for g in gated]),
+        row("uharmony_gated", backbone, seeds, gated, steps),
     ]
     log(f"{backbone} joint rows done", run.started)
     return rows, plain[0], harmony[0]
 
 
 def baseline_rows(run: Run) -> list[dict[str, Any]]:
-    """separate (one model per site, sharing one joint model's budget) and joint_dsbn_given."""
+    """separate (one model per site, sharing one joint model's budget) and joint_dsbn_given, replicate 0."""
     s, tests = run.settings, run.tests["test"]
+    seed = PROTOCOL.replicate_seeds(1)
     sites = list(dict.fromkeys(c.site for c in tests.cases))
-    separate: dict[str, list[float]] = {}
+    separate = Scored("separate", 0)
     for site in sites:
-        model = run.fit(f"separate-{site}", [run.data[site]], "instance", steps=s.steps // len(sites))
-        separate.update(run.score(model, tests.only(site), given=False)[0])
-    dsbn = run.fit("dynunet-dsbn-s0", [run.data["train"]], "dsbn", site_params="independent")  # as DSBN has it
+        model = run.fit(f"separate-{site}", [run.data[site]], "instance", seed[0], steps=s.steps // len(sites))
+        separate.records += score_bundle(model, tests.only(site), False, run.torch_device, "separate").records
+    run.scored.append(separate)
+    dsbn = run.fit("dynunet-dsbn-r0", [run.data["train-r0"]], "dsbn", seed[0], site_params="independent")
     rows = [
-        row("separate", "dynunet", [0], [separate], s.steps),
-        row("joint_dsbn_given", "dynunet", [0], [run.score(dsbn, tests, given=True)[0]], s.steps),
+        row("separate", "dynunet", seed, [separate], s.steps),
+        row("joint_dsbn_given", "dynunet", seed, [run.score(dsbn, tests, True, "joint_dsbn_given")], s.steps),
     ]
     log("baseline rows done", run.started)
     return rows
 
 
 def addsite_rows(run: Run, plain: Path, harmony: Path) -> list[dict[str, Any]]:
-    """The held-out site added three ways; each scored on its test cases with the gate deciding."""
+    """The held-out site added three ways to replicate 0; each scored on its test cases with the gate deciding."""
     s, data, tests = run.settings, run.data["heldout-train"], run.tests["heldout-test"]
+    seed = PROTOCOL.replicate_seeds(1)
     grown = grow_site(run, harmony, run.models / "addsite-uharmony")
     tuned = fine_tune(run, plain, data, run.models / "addsite-finetune-instance")
-    scratch = run.fit("addsite-scratch", [data], "instance")
-    added, gate = run.score(grown, tests, given=False)
+    scratch = run.fit("addsite-scratch", [data], "instance", seed[0])
     rows = [
-        row("addsite_uharmony", "dynunet", [0], [added], s.addsite_steps, [gate]),
-        row("addsite_finetune_instance", "dynunet", [0], [run.score(tuned, tests, given=False)[0]], s.addsite_steps),
-        row("addsite_scratch", "dynunet", [0], [run.score(scratch, tests, given=False)[0]], s.steps),
+        row("addsite_uharmony", "dynunet", seed, [run.score(grown, tests, False, "addsite_uharmony")], s.addsite_steps),
+        row(
+            "addsite_finetune_instance",
+            "dynunet",
+            seed,
+            [run.score(tuned, tests, False, "addsite_finetune_instance")],
+            s.addsite_steps,
+        ),
+        row("addsite_scratch", "dynunet", seed, [run.score(scratch, tests, False, "addsite_scratch")], s.steps),
     ]
     log("add-site rows done", run.started)
     return rows
 
 
-def all_rows(run: Run, backbones: Sequence[str] = BACKBONES) -> list[dict[str, Any]]:
+COMPARISONS = (  # (b, a, what b - a measures); paired over the replicates both arms have
+    ("uharmony_gated", "joint_instance", "U-Harmony, gate deciding, over plain joint training"),
+    ("uharmony_gated", "uharmony_given", "what letting the gate decide costs (claim: within 0.01)"),
+    ("uharmony_given", "joint_dsbn_given", "U-Harmony over DSBN-style site norms, site given"),
+    ("joint_instance", "separate", "one joint model over one model per site"),
+    ("addsite_uharmony", "addsite_finetune_instance", "add-site over fine-tuning every weight (new site)"),
+    ("addsite_uharmony", "addsite_scratch", "add-site over a model trained on the new site alone"),
+)
+
+
+def comparisons(scored: Sequence[Scored], pairs: Sequence[tuple[str, str, str]] = COMPARISONS) -> list[dict[str, Any]]:
+    """Every pair (b, a, meaning) whose arms were scored: b - a case by case in each shared replicate, 95 % CI."""
+    arms: dict[str, list[Scored]] = {}
+    for x in scored:
+        arms.setdefault(x.arm, []).append(x)
+    out = []
+    for b, a, meaning in pairs:
+        if a in arms and b in arms:
+            shared = min(len(arms[a]), len(arms[b]))
+            out.append({**compare(f"{b} - {a}", arms[a][:shared], arms[b][:shared]), "meaning": meaning})
+    return out
+
+
+def all_rows(run: Run, final: bool, backbones: Sequence[str] = BACKBONES) -> list[dict[str, Any]]:
     s = run.settings
-    run.data = make_data(run.work, s)
-    run.tests = {k: load_tests(run.data[k]) for k in ("test", "heldout-test")}
+    run.data = make_data(run.work, s, final)
+    run.tests = {k: load_tests(run.data[k]) for k in TEST_SETS}
     log("data ready", run.started)
     rows = baseline_rows(run)
-    joint, plain, harmony = joint_rows(run, "dynunet", s.seeds)
+    joint, plain, harmony = joint_rows(run, "dynunet", s.replicates)
     rows += joint + addsite_rows(run, plain, harmony)
     if "swinunetr" in backbones:
-        rows += joint_rows(run, "swinunetr", (0,))[0]
+        rows += joint_rows(run, "swinunetr", 1)[0]
     return sorted(rows, key=lambda r: (BACKBONES.index(r["backbone"]), METHODS.index(r["method"])))
 
 
 # ---------------------------------------------------------------- output
 
 
-def notes(s: Settings, backbones: Sequence[str]) -> list[str]:
+def notes(s: Settings, backbones: Sequence[str], final: bool) -> list[str]:
     skipped = [] if "swinunetr" in backbones else ["swinunetr rows were not run by this invocation (--backbones)."]
     return [
         *skipped,
         f"separate: one instance-norm model per training site, trained on that site's cases only; together they "
         f"get one joint model's budget ({s.steps} steps, {s.steps // 4} per site): each sees as many patches of its "
         "site as the site-balanced joint models draw from it.",
-        "Every model trains without a validation split (val_fraction 0) and keeps its last weights; test cases "
-        f"are fresh ones from other seeds (data seeds {json.dumps(DATA_SEEDS)}).",
+        "Every model trains without a validation split (val_fraction 0) and keeps its last weights. Seeds follow "
+        "benchmarks/protocol.json: replicate r trains on its own draw of training cases, synthesized from "
+        "training_seeds[r], with training seed training_seeds[r]; the test sets are drawn from the protocol's "
+        + ("test seeds (a final run)." if final else "development seeds (not a final run: development figures)."),
+        "Per-case scores (voxel Dice per label and whole lesion, HD95, lesion-wise Dice) are in case_scores; "
+        "comparisons pair two arms case by case within each replicate both have (b - a) and give the hierarchical "
+        "bootstrap 95 % CI (replicates, then cases); a comparison holds when the CI's lower bound is above 0.",
         "Figure: whole-lesion Dice of each test case through segment_volumes (the real engine, one pass: no "
         "test-time mirroring, which would multiply the scoring time by four for every row alike), averaged over a "
-        "site's cases, then over sites; per_site and dice_mean average over seeds.",
+        "site's cases, then over sites; per_site and dice_mean average over replicates ('seeds': their training "
+        "seeds); lesion_dice_mean: BraTS-style lesion-wise whole-lesion Dice, mean over cases, then replicates.",
         "dice_std: sample standard deviation of the per-seed site means ('seeds'); with one seed, of the site means "
         "('sites'); with one seed and one site, of the case Dice values ('cases').",
         "uharmony: cubic restore below full resolution, site rows trained as shared + offset (--site-params "
@@ -535,16 +553,16 @@ def notes(s: Settings, backbones: Sequence[str]) -> list[str]:
         "*_given rows name each case's true site; uharmony_gated scores the same models with site 'auto' (the "
         "gate decides); joint_instance and separate have no site layers (site 'auto', the gate is unused).",
         f"add-site: held-out site {HELDOUT} with {s.heldout_train} training cases. addsite_uharmony: add_site on the "
-        f"seed-0 uharmony model (backbone frozen, {s.addsite_steps} steps); addsite_finetune_instance: every weight "
-        f"of the seed-0 joint_instance model, {s.addsite_steps} steps with add-site's optimizer (AdamW, one-cycle "
-        f"lr {ADDSITE_LR:g}, no weight decay) and sampler; addsite_scratch: an instance model trained on the "
+        f"replicate-0 uharmony model (backbone frozen, {s.addsite_steps} steps); addsite_finetune_instance: every "
+        f"weight of the replicate-0 joint_instance model, {s.addsite_steps} steps with add-site's optimizer (AdamW, "
+        f"one-cycle lr {ADDSITE_LR:g}, no weight decay) and sampler; addsite_scratch: an instance model trained on the "
         f"{s.heldout_train} cases alone for {s.steps} steps. All three scored with site 'auto'.",
-        f"swinunetr rows: feature_size {s.feature_size}, patch {s.swin_patch}, {s.swin_steps} steps, seed 0.",
+        f"swinunetr rows: feature_size {s.feature_size}, patch {s.swin_patch}, {s.swin_steps} steps, replicate 0.",
     ]
 
 
 def document(
-    run: Run, rows: list[dict[str, Any]], threads: int, seconds: float, backbones: Sequence[str]
+    run: Run, rows: list[dict[str, Any]], threads: int, seconds: float, backbones: Sequence[str], final: bool
 ) -> dict[str, Any]:
     s = run.settings
     precision = {b: str(resolve_precision("auto", run.torch_device, b)).replace("torch.", "") for b in BACKBONES}
@@ -552,7 +570,7 @@ def document(
         **asdict(s),
         "training_sites": list(dict.fromkeys(c.site for c in run.tests["test"].cases)),
         "heldout_site": HELDOUT_SPEC["sites"][0],
-        "data_seeds": DATA_SEEDS,
+        "data_seeds": data_seeds(s, final),
         "addsite_lr": ADDSITE_LR,
         "device": str(run.torch_device),
         "precision": precision,
@@ -560,10 +578,13 @@ def document(
     }
     return {
         "rows": rows,
+        "comparisons": comparisons(run.scored),
+        "evaluation": "test" if final else "development",
+        "protocol": PROTOCOL.to_json(),
         "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
         "seconds": round(seconds, 1),
         "settings": settings,
-        "notes": notes(s, backbones),
+        "notes": notes(s, backbones, final),
         "models": run.trained,
     }
 
@@ -594,7 +615,10 @@ def main() -> int:
     parser.add_argument(
         "--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES), help="backbones to run (default both)"
     )
+    parser.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = parser.parse_args()
+    if args.quick and args.final:
+        parser.error("--quick never uses the test seeds: drop --final")
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
@@ -611,17 +635,21 @@ def main() -> int:
         return 0
     check_writable(args.out)
     work = args.work or Path(tempfile.mkdtemp(prefix="uharmony-reproduce-"))
-    check_work(work, json.loads(json.dumps(asdict(settings))))
+    check_work(work, {**json.loads(json.dumps(asdict(settings))), "final": args.final})
     try:
         run = Run(work, settings, args.device, started)
-        rows = all_rows(run, args.backbones)
-        doc = document(run, rows, args.threads, time.perf_counter() - started, args.backbones)
+        rows = all_rows(run, args.final, args.backbones)
+        doc = document(run, rows, args.threads, time.perf_counter() - started, args.backbones, args.final)
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    doc["case_scores"] = write_case_scores(args.out, PROTOCOL, args.final, run.scored).name
     write_text_atomic(args.out, json.dumps(doc, indent=2) + "\n")
     for r in rows:
         print(f"{r['backbone']:>9} {r['method']:<26} {r['dice_mean']} +/- {r['dice_std']} ({r['spread']})")
+    for c in doc["comparisons"]:
+        verdict = "holds" if c["holds"] else "does not hold"
+        print(f"{c['name']}: {c['diff_mean']:+.4f}, 95 % CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] ({verdict})")
     log(f"wrote {args.out}", started)
     return 0
 

@@ -5,7 +5,11 @@ Usage: .venv/bin/python scripts/results_md.py
 One section per JSON file. inference.json gets a figure / value / goal / met table with its context, reproduce.json
 its method table and the claims it tests, diagnose.json its confusion table, adapt_or_harmonize.json a table per
 scenario with its winner and diagnose's advice, ablation.json its paired differences; any other file gets a generic
-key / value table, so new benchmarks appear without changing this script.
+key / value table, so new benchmarks appear without changing this script. Every file's paired comparisons
+(`comparisons`: b - a with a hierarchical bootstrap 95 % CI, benchmarks/protocol.py) get a table in its section
+and a row in one forest plot, docs/images/comparisons.png. Files written before the protocol hold per-seed means
+only: their seed-paired differences are bootstrapped over seeds alone and marked as such. Per-case score files
+(`*.cases.json`) are data for those figures, not sections.
 """
 
 from __future__ import annotations
@@ -18,9 +22,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from UHarmonyLib.evaluation.bootstrap import hierarchical_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 TARGET = ROOT / "docs" / "RESULTS.md"
+FOREST = ROOT / "docs" / "images" / "comparisons.png"
+SEED_LEVEL = "seed-level only: pre-protocol development figures; a bootstrap over 3 seeds understates the uncertainty"
 COMMAND = ".venv/bin/python scripts/results_md.py"
 MAX_CELL = 160
 
@@ -299,6 +312,87 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
     return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
 
 
+def seed_level(name: str, per_seed: list[float], meaning: str) -> dict[str, Any]:
+    """A pre-protocol seed-paired difference as a comparison: bootstrap over the seeds only (no case scores)."""
+    interval = hierarchical_ci([[d] for d in per_seed])
+    return {
+        "name": name,
+        "meaning": meaning,
+        "diff_mean": round(interval.mean, 4),
+        "ci95": [round(interval.low, 4), round(interval.high, 4)],
+        "holds": interval.holds,
+        "replicates": interval.replicates,
+        "cases": 0,
+        "kind": SEED_LEVEL,
+    }
+
+
+def legacy_comparisons(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seed-paired differences of a table written before the protocol (reproduce.json's per-seed means,
+    ablation.json's paired_gain); empty for any other file."""
+    if name == "ablation.json":
+        return [
+            seed_level(f"{g['method']} - {g['against']}", g["per_seed"], g.get("meaning", ""))
+            for g in doc.get("paired_gain", [])
+        ]
+    if name != "reproduce.json":
+        return []
+    by = {r["method"]: r for r in doc.get("rows", []) if r.get("backbone") == "dynunet" and "seed_means" in r}
+    out = []
+    for b, a in (("uharmony_gated", "joint_instance"), ("uharmony_gated", "uharmony_given")):
+        if a in by and b in by and len(by[a]["seed_means"]) > 1:
+            per_seed = [y - x for x, y in zip(by[a]["seed_means"], by[b]["seed_means"])]
+            out.append(seed_level(f"{b} - {a}", per_seed, "whole-lesion Dice, paired by seed"))
+    return out
+
+
+def comparisons_of(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc.get("comparisons") or legacy_comparisons(name, doc)
+
+
+def comparison_table(doc: dict[str, Any], found: list[dict[str, Any]]) -> list[str]:
+    """The file's paired comparisons: difference, 95 % CI, and whether the claim b > a holds."""
+    body = [
+        [
+            f"`{c['name']}`",
+            c.get("meaning", ""),
+            f"{c['diff_mean']:+.4f}",
+            f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+            "yes" if c["holds"] else "**no**",
+            c["replicates"],
+            c["cases"] or "—",
+        ]
+        for c in found
+    ]
+    kind = found[0].get("kind") or f"{doc.get('evaluation', 'development')} data, paired by case within replicates"
+    lines = ["", f"Paired comparisons, b − a, hierarchical bootstrap 95 % CI ({kind}):", ""]
+    return lines + table(["b − a", "what it measures", "mean", "95 % CI", "holds", "replicates", "cases"], body)
+
+
+def forest_plot(entries: list[tuple[str, dict[str, Any]]], path: Path = FOREST) -> None:
+    """Every comparison of every file as a point with its 95 % CI; hollow points are seed-level only."""
+    height = 1.0 + 0.38 * len(entries)
+    fig, ax = plt.subplots(figsize=(10, height + 0.3))
+    for y, (_, c) in enumerate(reversed(entries)):
+        low, high = c["ci95"]
+        color = "tab:green" if c["holds"] else "tab:gray"
+        ax.plot([low, high], [y, y], color=color, linewidth=2)
+        face = "white" if c.get("kind") == SEED_LEVEL else color
+        ax.plot(c["diff_mean"], y, "o", color=color, markerfacecolor=face, markersize=7)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(entries)), [label for label, _ in reversed(entries)], fontsize=8)
+    ax.set_xlabel("b − a (Dice) with 95 % CI\ngreen: holds (CI above 0); hollow point: seed-level only")
+    ax.set_title("Paired comparisons in docs/results", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "adapt_or_harmonize_300steps.json": render_adapt_or_harmonize,
@@ -311,24 +405,34 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 }
 
 
-def build(folder: Path = RESULTS) -> str:
-    """The whole RESULTS.md text."""
+def build(folder: Path = RESULTS, forest: Path | None = FOREST) -> str:
+    """The whole RESULTS.md text; the forest plot of every comparison is drawn to `forest` (None: not drawn)."""
     lines = [
         "# Results",
         "",
         f"Generated by `{COMMAND}` from the JSON files under `docs/results/`; never edit this file by hand.",
     ]
-    files = sorted(p for p in folder.rglob("*.json") if p.is_file()) if folder.is_dir() else []
+    found = sorted(p for p in folder.rglob("*.json") if p.is_file()) if folder.is_dir() else []
+    files = [p for p in found if not p.name.endswith(".cases.json")]
     if not files:
         lines += ["", "No results yet."]
+    sections, entries = [], []
     for path in files:
         name = path.relative_to(folder).as_posix()
         data = json.loads(path.read_text(encoding="utf-8"))
         render = RENDERERS.get(name)
         if render is None or not isinstance(data, dict):
             render = render_generic
-        lines += ["", f"## {name}", "", f"Source: `docs/results/{name}`", "", *render(data)]
-    return "\n".join(lines) + "\n"
+        section = ["", f"## {name}", "", f"Source: `docs/results/{name}`", "", *render(data)]
+        compared = comparisons_of(name, data) if isinstance(data, dict) else []
+        if compared:
+            section += comparison_table(data, compared)
+            entries += [(f"{path.stem}: {c['name']}", c) for c in compared]
+        sections += section
+    if entries and forest is not None:
+        forest_plot(entries, forest)
+        lines += ["", f"![Every paired comparison below, with its 95 % CI]({forest.relative_to(TARGET.parent)})"]
+    return "\n".join(lines + sections) + "\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
