@@ -1,20 +1,25 @@
 """Figures of a trained model on fresh cases: seen sites, two unseen sites, and the demo's time.
 
     .venv/bin/python benchmarks/default_model.py --train-data DATASET_JSON [--model BUNDLE]
-        [--cases-per-site 3] [--seed 4242] [--spacing MM] [--out docs/results/default_model.json]
+        [--cases-per-site 10] [--final] [--spacing MM] [--out docs/results/default_model.json]
 
-Held-out cases are generated with a new seed from the training sites' own specs (read
-from the training dataset.json, which stores them resolved) and from two sites the
-model never saw; each case goes through the real engine with the gate driving. A site
-that annotates only the whole lesion is scored on the whole lesion only. Absent
-channels are given to the model as all-zero volumes, as in training.
+Held-out cases are generated from the training sites' own specs (read from the training
+dataset.json, which stores them resolved) and from two sites the model never saw, with
+the locked protocol's seed (benchmarks/protocol.py): its first test seed only with
+`--final`, its first development seed otherwise; the model is trained elsewhere, so no
+training seed enters. Each case goes through the real engine with the gate driving (and
+the card's test-time mirroring, as users run it), and is scored by the project's rule:
+Dice and HD95 per label the site annotates and the whole lesion, and lesion-wise Dice.
+A site that annotates only the whole lesion is scored on the whole lesion only. Absent
+channels are given to the model as all-zero volumes, as in training. Every case's record
+(protocol.score_bundle's fields, plus the gate's entropy and distance) is saved beside
+the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,16 +31,19 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+from protocol import EvalCase, EvalSet, Scored, load_protocol, load_tests, write_case_scores
+from reproduce import synthesize
 
-from UHarmonyLib.data.spec import resolve_scenario
-from UHarmonyLib.data.synth import DEFAULT_CONTRAST, SiteSpec, make_case
-from UHarmonyLib.data.template import load_template
-from UHarmonyLib.evaluation.scoring import WHOLE, dice_scores, mean_defined
+from UHarmonyLib.data.spec import SynthSpec, resolve_scenario
+from UHarmonyLib.data.synth import DEFAULT_CONTRAST, SiteSpec
+from UHarmonyLib.evaluation.scoring import WHOLE, lesion_scores, mean_defined, score_case
+from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.model.weights import Bundle, load_bundle
 from UHarmonyLib.resources import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = load_protocol()
 UNSEEN = [  # appearances none of the built-in scenarios use
     SiteSpec(
         "unseen-lowfield",
@@ -58,32 +66,42 @@ UNSEEN = [  # appearances none of the built-in scenarios use
 ]
 
 
-def case_images(case: Any, channels: list[str]) -> list[sitk.Image]:
-    """One image per model channel; an absent channel becomes zeros on the case's grid."""
-    first = next(iter(case.images.values()))
-    zeros = sitk.Image(first.GetSize(), sitk.sitkFloat32)
-    zeros.CopyInformation(first)
-    return [sitk.Cast(case.images[c], sitk.sitkFloat32) if c in case.images else zeros for c in channels]
+def held_out_cases(bundle: Bundle, sites: list[SiteSpec], count: int, spacing: float, seed: int) -> EvalSet:
+    """`count` fresh cases of every site, written as `uharmony synth` writes them and read as training reads them."""
+    spec = SynthSpec("default_model", "held-out", "Held-out cases of trained and unseen sites.", sites)
+    with tempfile.TemporaryDirectory(prefix="uharmony-default-model-") as tmp:
+        tests = load_tests(synthesize(Path(tmp) / "tests", spec, seed, spacing, count))
+    if tests.channels != bundle.channel_names or tests.labels != [lab["name"] for lab in bundle.labels]:
+        raise SystemExit(f"{bundle.path}: channels or labels differ from the held-out cases' ({tests.channels})")
+    return tests
 
 
-def evaluate_site(bundle: Bundle, site: SiteSpec, count: int, spacing: float, seed: int) -> list[dict[str, Any]]:
-    template = load_template(spacing)
-    rows = []
-    for i in range(count):
-        case = make_case(template, site, np.random.default_rng([seed, i, sum(map(ord, site.name))]))
-        result = segment_volumes(bundle, case_images(case, bundle.channel_names))
-        labels = bundle.labels if site.annotation == "full" else None
-        rows.append(
-            {
-                "site": site.name,
-                "dice": dice_scores(result.labels, case.label, labels),
-                "chosen": result.gate.chosen,
-                "entropy": round(result.gate.entropy, 4),
-                "distance": None if result.gate.distance is None else round(result.gate.distance, 4),
-                "familiar": result.gate.familiar,
-            }
-        )
-    return rows
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def case_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
+    """One case through the engine (gate deciding, mirroring on), as a protocol case record with the gate's state."""
+    result = segment_volumes(bundle, case.images)
+    pred = sitk.GetArrayViewFromImage(result.labels)
+    voxel = score_case(pred, case.groups, case.label_names, case.truth_groups, result.labels.GetSpacing()[::-1])
+    gate = result.gate
+    return {
+        "arm": bundle.path.name,
+        "replicate": 0,
+        "case": case.case,
+        "site": case.site,
+        "site_mode": "auto",
+        "chosen": gate.chosen,
+        "dice": {k: rounded(d) for k, (d, _) in voxel.items()},
+        "hd95_mm": {k: rounded(h, 3) for k, (_, h) in voxel.items()},
+        "lesion_dice": {
+            k: rounded(d) for k, d in lesion_scores(pred, case.groups, case.label_names, case.truth_groups).items()
+        },
+        "entropy": round(gate.entropy, 4),
+        "distance": rounded(gate.distance),
+        "familiar": gate.familiar,
+    }
 
 
 def demo_seconds() -> float:
@@ -101,8 +119,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-data", required=True, help="the training dataset.json (or scenario/spec)")
     parser.add_argument("--model", type=Path, default=default_model())
-    parser.add_argument("--cases-per-site", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--cases-per-site", type=int, default=PROTOCOL.test_cases_per_site)
+    parser.add_argument("--final", action="store_true", help="generate from the protocol's test seed (final runs)")
     parser.add_argument("--spacing", type=float, default=None, help="generation spacing (default: the model's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "default_model.json")
     parser.add_argument("--skip-demo", action="store_true", help="do not time the demo (demo_seconds: null)")
@@ -110,22 +128,26 @@ def main() -> int:
     start = time.perf_counter()
     bundle = load_bundle(args.model)
     spacing = args.spacing or float(bundle.preprocessing["spacing"][0])
-    seen = [s for s in resolve_scenario(args.train_data).sites if s.name in bundle.site_names]
+    seed = PROTOCOL.evaluation_seeds(args.final)[0]
+    # cases=None: every site gets --cases-per-site, whatever count its training spec gave it
+    seen = [replace(s, cases=None) for s in resolve_scenario(args.train_data).sites if s.name in bundle.site_names]
     if not seen:
         raise SystemExit(f"{args.train_data}: none of its sites is a site of {args.model}")
     channels = set(bundle.channel_names)
     unseen = [replace(s, channels={c: t for c, t in s.channels.items() if c in channels}) for s in UNSEEN]
-    rows: list[dict[str, Any]] = []
-    for site in [*seen, *unseen]:
-        rows += evaluate_site(bundle, site, args.cases_per_site, spacing, args.seed)
-        print(
-            f"{site.name}: whole-lesion Dice {mean_defined([r['dice'][WHOLE] for r in rows if r['site'] == site.name])}"
-        )
+    tests = held_out_cases(bundle, [*seen, *unseen], args.cases_per_site, spacing, seed)
+    scored = Scored(bundle.path.name, 0)
+    for site in [s.name for s in [*seen, *unseen]]:
+        scored.records += [case_record(bundle, case) for case in tests.only(site).cases]
+        print(f"{site}: whole-lesion Dice {mean_defined(scored.by_site()[site])}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cases = write_case_scores(args.out, PROTOCOL, args.final, [scored])
+    rows = scored.records
     seen_names = {s.name for s in seen}
     seen_rows = [r for r in rows if r["site"] in seen_names]
     unseen_rows = [r for r in rows if r["site"] not in seen_names]
 
-    def per_site(subset: list[dict[str, Any]]) -> dict[str, float]:
+    def per_site(subset: list[dict[str, Any]]) -> dict[str, float | None]:
         return {
             s: mean_defined([r["dice"][WHOLE] for r in subset if r["site"] == s])
             for s in dict.fromkeys(r["site"] for r in subset)
@@ -153,18 +175,17 @@ def main() -> int:
         "familiar_distance": bundle.inference.get("familiar_distance"),
         "demo_seconds": None if args.skip_demo else demo_seconds(),
         "cases_per_site": args.cases_per_site,
-        "seed": args.seed,
+        "seed": seed,
+        "evaluation": "test" if args.final else "development",
+        "protocol": PROTOCOL.to_json(),
+        "case_scores": cases.name,
         "spacing_mm": spacing,
         "torch_threads": torch.get_num_threads(),
         "command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.perf_counter() - start, 1),
-        "cases": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
-    print(json.dumps({k: v for k, v in figures.items() if k != "cases"}, indent=2))
+    write_text_atomic(args.out, json.dumps(figures, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in figures.items() if k != "protocol"}, indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Federated U-Harmony against federated FedAvg (InstanceNorm) and FedBN, and against centralized training.
 
-    .venv/bin/python benchmarks/federated.py [--quick] [--out docs/results/federated.json] [--work DIR]
+    .venv/bin/python benchmarks/federated.py [--quick] [--final] [--out docs/results/federated.json] [--work DIR]
         [--rounds N] [--local-steps N] [--threads 1]
 
 The four `mixed` sites each train on their own cases in Flower's simulation runtime (the
@@ -8,7 +8,12 @@ same ServerApp and ClientApp a deployment runs); each site then scores the bundl
 wrote on fresh test cases of its own site (the gate deciding, as a hospital would run
 it). The centralized row is `uharmony train` on the pooled cases with the same number
 of patches: rounds x local steps x sites optimizer steps of the same batch size.
-Figures are whole-lesion Dice; seconds per round are the simulation's.
+Seeds follow the locked protocol (benchmarks/protocol.py), one replicate: the training
+cases and every training seed are replicate 0's, the test cases come from the protocol's
+test seeds only with `--final` (development seeds otherwise). Every case is scored by
+`protocol.score_bundle` and saved beside the summary; figures are whole-lesion Dice,
+federated U-Harmony is compared case by case with FedAvg, FedBN and centralized training
+(bootstrap 95 % CI), and seconds per round are the simulation's.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from reproduce import load_tests, score_bundle, synthesize
+from protocol import EvalSet, Scored, compare, load_protocol, load_tests, score_bundle, write_case_scores
+from reproduce import synthesize
 
 from UHarmonyLib.data.spec import resolve_scenario
+from UHarmonyLib.evaluation.scoring import mean_defined
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.simulate import simulate
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
@@ -33,8 +40,13 @@ from UHarmonyLib.training import TrainConfig
 from UHarmonyLib.training.loop import train_run
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = load_protocol()
 METHODS = ("uharmony", "fedbn", "fedavg")
-SEEDS = {"train": 31, "test": 32}
+BASELINES = {  # each compared with federated_uharmony: what federated_uharmony - baseline measures
+    "federated_fedavg": "U-Harmony's site layers over plain FedAvg (InstanceNorm)",
+    "federated_fedbn": "U-Harmony (gate deciding) over FedBN's local norms (site given)",
+    "centralized_uharmony": "what federating costs against training on the pooled cases",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class Settings:
     local_steps: int
 
 
-FULL = Settings(3.0, 8, 4, "8,16,32,64", 48, 8, 25)
+FULL = Settings(3.0, 8, PROTOCOL.test_cases_per_site, "8,16,32,64", 48, 8, 25)
 QUICK = Settings(4.0, 2, 1, "4,8,16", 32, 2, 2)
 
 
@@ -57,11 +69,24 @@ def log(message: str, started: float) -> None:
 
 
 def mean_site_dice(per_site: dict[str, float | None]) -> float | None:
-    values = [v for v in per_site.values() if v is not None]
-    return round(float(np.mean(values)), 4) if values else None
+    return mean_defined(list(per_site.values()))
 
 
-def federated_row(method: str, s: Settings, train: Path, tests: Any, work: Path, started: float) -> dict[str, Any]:
+def site_dice(scored: Scored, sites: list[str]) -> dict[str, float | None]:
+    """Whole-lesion Dice per site: the mean over the site's test cases."""
+    by_site = scored.by_site()
+    return {site: mean_defined(by_site.get(site, [])) for site in sites}
+
+
+def lesion_dice_mean(scored: Scored) -> float | None:
+    """BraTS-style lesion-wise whole-lesion Dice, mean over cases."""
+    return mean_defined(list(scored.by_case("lesion_dice").values()))
+
+
+def federated_row(
+    method: str, s: Settings, train: Path, tests: EvalSet, work: Path, seed: int, started: float
+) -> tuple[dict[str, Any], Scored]:
+    """One federated method: the simulation, then each site's own bundle on that site's test cases."""
     sites = [x.name for x in resolve_scenario("mixed").sites]
     contract = Federation(
         sites=",".join(sites),
@@ -72,32 +97,38 @@ def federated_row(method: str, s: Settings, train: Path, tests: Any, work: Path,
         spacing=s.spacing,
         filters=s.filters,
         val_fraction=0.0,  # the fresh test cases score every bundle
+        seed=seed,
         name=f"fed-{method}",
     )
     t = time.perf_counter()
     record = simulate(contract, [train / "dataset.json"], work / method)
     seconds = time.perf_counter() - t
-    per_site: dict[str, float | None] = {}
-    gate = []
+    scored, gate = Scored(f"federated_{method}", 0), []
+    given = contract.network().config.site_required  # FedBN's local norms need the site named; it knows itself
     for site in sites:
-        given = contract.network().config.site_required  # FedBN's local norms need the site named; it knows itself
-        dice, accuracy = score_bundle(Path(record["bundles"][site]), tests.only(site), given, torch.device("cpu"))
-        per_site[site] = round(float(np.mean(dice[site])), 4) if dice.get(site) else None
-        gate += [] if accuracy is None else [accuracy]
+        own = score_bundle(Path(record["bundles"][site]), tests.only(site), given, torch.device("cpu"), scored.arm)
+        scored.records += own.records
+        gate += [] if own.gate_accuracy is None else [own.gate_accuracy]
+    per_site = site_dice(scored, sites)
     per_round = [r["seconds"] for r in record["rounds"]]
     log(f"federated {method}: mean Dice {mean_site_dice(per_site)} in {seconds:.0f} s", started)
-    return {
-        "method": f"federated_{method}",
+    row = {
+        "method": scored.arm,
         "per_site": per_site,
         "dice_mean": mean_site_dice(per_site),
+        "lesion_dice_mean": lesion_dice_mean(scored),
         "gate_accuracy": round(float(np.mean(gate)), 4) if gate else None,
         "seconds": round(seconds, 1),
         "seconds_per_round": round(float(np.mean(per_round)), 2),
         "rounds": len(per_round),
     }
+    return row, scored
 
 
-def central_row(s: Settings, train: Path, tests: Any, work: Path, started: float) -> dict[str, Any]:
+def central_row(
+    s: Settings, train: Path, tests: EvalSet, work: Path, seed: int, started: float
+) -> tuple[dict[str, Any], Scored]:
+    """U-Harmony trained on the pooled cases with the federation's budget, scored with the gate deciding."""
     sites = [x.name for x in resolve_scenario("mixed").sites]
     steps = s.rounds * s.local_steps * len(sites)
     t = time.perf_counter()
@@ -111,20 +142,44 @@ def central_row(s: Settings, train: Path, tests: Any, work: Path, started: float
             patch=(s.patch,),
             spacing=(s.spacing,),
             val_fraction=0.0,
-            seed=0,
+            seed=seed,
         )
     )
-    dice, accuracy = score_bundle(Path(payload["bundle"]), tests, False, torch.device("cpu"))
-    per_site = {site: round(float(np.mean(dice[site])), 4) if dice.get(site) else None for site in sites}
+    scored = score_bundle(Path(payload["bundle"]), tests, False, torch.device("cpu"), "centralized_uharmony")
+    per_site = site_dice(scored, sites)
     log(f"centralized U-Harmony: mean Dice {mean_site_dice(per_site)} ({steps} steps)", started)
-    return {
-        "method": "centralized_uharmony",
+    row = {
+        "method": scored.arm,
         "per_site": per_site,
         "dice_mean": mean_site_dice(per_site),
-        "gate_accuracy": accuracy,
+        "lesion_dice_mean": lesion_dice_mean(scored),
+        "gate_accuracy": scored.gate_accuracy,
         "seconds": round(time.perf_counter() - t, 1),
         "steps": steps,
     }
+    return row, scored
+
+
+def comparisons(scored: dict[str, Scored]) -> list[dict[str, Any]]:
+    """Federated U-Harmony minus each baseline, whole-lesion Dice case by case (one replicate: a case bootstrap)."""
+    ours = "federated_uharmony"
+    return [
+        {**compare(f"{ours} - {other}", [scored[other]], [scored[ours]]), "meaning": meaning}
+        for other, meaning in BASELINES.items()
+    ]
+
+
+def notes(final: bool) -> list[str]:
+    return [
+        "Seeds follow benchmarks/protocol.json with one replicate, not the protocol's "
+        f"{PROTOCOL.replicates} (each is a full run of every federation): the training cases are synthesized from "
+        "training_seeds[0], which also seeds every federation and the centralized training; the test cases come "
+        "from the protocol's first "
+        + ("test seed (a final run)." if final else "development seed (not a final run: development figures)."),
+        "Per-case scores (voxel Dice per label and whole lesion, HD95, lesion-wise Dice) are in case_scores; each "
+        "comparison pairs federated_uharmony with a baseline case by case (b - a), with a case bootstrap 95 % CI "
+        "(one replicate); it holds when the CI's lower bound is above 0.",
+    ]
 
 
 def main() -> int:
@@ -135,7 +190,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--local-steps", type=int)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    ap.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = ap.parse_args()
+    if args.quick and args.final:
+        ap.error("--quick never uses the test seeds: drop --final")
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
     s = Settings(
@@ -149,25 +207,35 @@ def main() -> int:
         raise SystemExit(f"{work}: holds an earlier run's models; delete it or choose another --work")
     started = time.perf_counter()
     mixed = resolve_scenario("mixed")
+    seeds = {"train": PROTOCOL.replicate_seeds(1)[0], "test": PROTOCOL.evaluation_seeds(args.final)[0]}
     (work / "data").mkdir(parents=True, exist_ok=True)
-    train = synthesize(work / "data" / "train", mixed, SEEDS["train"], s.spacing, s.cases_per_site)
-    test = synthesize(work / "data" / "test", mixed, SEEDS["test"], s.spacing, s.test_cases_per_site)
+    # Folders named by seed: a dataset of an earlier protocol or of the other evaluation is never reused.
+    train = synthesize(work / "data" / f"train-{seeds['train']}", mixed, seeds["train"], s.spacing, s.cases_per_site)
+    test = synthesize(work / "data" / f"test-{seeds['test']}", mixed, seeds["test"], s.spacing, s.test_cases_per_site)
     tests = load_tests(test)
-    rows = [federated_row(m, s, train, tests, work, started) for m in METHODS]
-    central = central_row(s, train, tests, work, started)
+    federated = [federated_row(m, s, train, tests, work, seeds["train"], started) for m in METHODS]
+    central, central_scored = central_row(s, train, tests, work, seeds["train"], started)
+    rows = [r for r, _ in federated]
+    scored = {x.arm: x for x in [*(x for _, x in federated), central_scored]}
     for row in rows:
         row["gap_to_centralized"] = (
             None
             if row["dice_mean"] is None or central["dice_mean"] is None
             else round(row["dice_mean"] - central["dice_mean"], 4)
         )
+    cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, list(scored.values()))
     figures = {
         "rows": [*rows, central],
+        "comparisons": comparisons(scored),
+        "evaluation": "test" if args.final else "development",
+        "protocol": PROTOCOL.to_json(),
+        "case_scores": None if cases is None else cases.name,
         "seconds_per_round": round(float(np.mean([r["seconds_per_round"] for r in rows])), 2),
-        "settings": asdict(s),
+        "settings": {**asdict(s), "data_seeds": seeds},  # seeds["train"] also seeds every training
         "runtime": "Flower simulation (in-process Ray), one torch thread",
         "command": " ".join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - started, 1),
+        "notes": notes(args.final),
     }
     text = json.dumps(figures, indent=2)
     print(text)
