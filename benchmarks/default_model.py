@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from protocol import EvalCase, EvalSet, Scored, load_protocol, load_tests, write_case_scores
+from protocol import EvalCase, EvalSet, Scored, case_record, load_protocol, load_tests, write_case_scores
 from reproduce import synthesize
 
 from UHarmonyLib.data.spec import SynthSpec, resolve_scenario
 from UHarmonyLib.data.synth import DEFAULT_CONTRAST, SiteSpec
-from UHarmonyLib.evaluation.scoring import WHOLE, lesion_scores, mean_defined, score_case
+from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
 from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.model.weights import Bundle, load_bundle
@@ -76,32 +75,14 @@ def held_out_cases(bundle: Bundle, sites: list[SiteSpec], count: int, spacing: f
     return tests
 
 
-def rounded(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def case_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
-    """One case through the engine (gate deciding, mirroring on), as a protocol case record with the gate's state."""
+def gated_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
+    """One case through the engine as users run it (gate deciding, mirroring on): its protocol record and the
+    gate's state."""
     result = segment_volumes(bundle, case.images)
-    pred = sitk.GetArrayViewFromImage(result.labels)
-    voxel = score_case(pred, case.groups, case.label_names, case.truth_groups, result.labels.GetSpacing()[::-1])
     gate = result.gate
-    return {
-        "arm": bundle.path.name,
-        "replicate": 0,
-        "case": case.case,
-        "site": case.site,
-        "site_mode": "auto",
-        "chosen": gate.chosen,
-        "dice": {k: rounded(d) for k, (d, _) in voxel.items()},
-        "hd95_mm": {k: rounded(h, 3) for k, (_, h) in voxel.items()},
-        "lesion_dice": {
-            k: rounded(d) for k, d in lesion_scores(pred, case.groups, case.label_names, case.truth_groups).items()
-        },
-        "entropy": round(gate.entropy, 4),
-        "distance": rounded(gate.distance),
-        "familiar": gate.familiar,
-    }
+    distance = None if gate.distance is None else round(gate.distance, 4)
+    record = case_record(bundle.path.name, 0, case, result, given=False)
+    return {**record, "entropy": round(gate.entropy, 4), "distance": distance, "familiar": gate.familiar}
 
 
 def demo_seconds() -> float:
@@ -138,7 +119,7 @@ def main() -> int:
     tests = held_out_cases(bundle, [*seen, *unseen], args.cases_per_site, spacing, seed)
     scored = Scored(bundle.path.name, 0)
     for site in [s.name for s in [*seen, *unseen]]:
-        scored.records += [case_record(bundle, case) for case in tests.only(site).cases]
+        scored.records += [gated_record(bundle, case) for case in tests.only(site).cases]
         print(f"{site}: whole-lesion Dice {mean_defined(scored.by_site()[site])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cases = write_case_scores(args.out, PROTOCOL, args.final, [scored])

@@ -27,7 +27,7 @@ from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.evaluation.bootstrap import hierarchical_ci, paired_differences
 from UHarmonyLib.evaluation.scoring import WHOLE, lesion_scores, score_case
 from UHarmonyLib.files.atomic import write_text_atomic
-from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.engine import SegmentationResult, segment_volumes
 from UHarmonyLib.model.weights import Bundle, load_bundle
 
 PROTOCOL_JSON = Path(__file__).resolve().with_name("protocol.json")
@@ -142,11 +142,29 @@ class Scored:
         return {r["case"]: r[metric].get(label) for r in self.records}
 
 
+def case_record(arm: str, replicate: int, case: EvalCase, result: SegmentationResult, given: bool) -> dict[str, Any]:
+    """One segmented case scored by the project's rule: Dice and HD95 per label the case annotates and the whole
+    lesion, lesion-wise Dice, and the gate's choice."""
+    pred = sitk.GetArrayViewFromImage(result.labels)
+    voxel = score_case(pred, case.groups, case.label_names, case.truth_groups, result.labels.GetSpacing()[::-1])
+    lesions = lesion_scores(pred, case.groups, case.label_names, case.truth_groups)
+    return {
+        "arm": arm,
+        "replicate": replicate,
+        "case": case.case,
+        "site": case.site,
+        "site_mode": "given" if given else "auto",
+        "chosen": result.gate.chosen,
+        "dice": {k: _round(d) for k, (d, _) in voxel.items()},
+        "hd95_mm": {k: _round(h, 3) for k, (_, h) in voxel.items()},
+        "lesion_dice": {k: _round(d) for k, d in lesions.items()},
+    }
+
+
 def score_bundle(
     model: Path | Bundle, tests: EvalSet, given: bool, device: torch.device, arm: str = "", replicate: int = 0
 ) -> Scored:
-    """Every test case through `segment_volumes` (site named, or the gate deciding), scored by the project's rule:
-    Dice and HD95 per label the case annotates and the whole lesion, and lesion-wise Dice."""
+    """Every test case through `segment_volumes` (site named, or the gate deciding, one pass), as case records."""
     bundle = model if isinstance(model, Bundle) else load_bundle(model, device)
     if bundle.channel_names != tests.channels or [lab["name"] for lab in bundle.labels] != tests.labels:
         raise SystemExit(f"{bundle.path}: channels or labels differ from the test cases'")
@@ -155,23 +173,7 @@ def score_bundle(
     for case in tests.cases:
         site = case.site if given else "auto"
         result = segment_volumes(bundle, case.images, site=site, device=device, mirror=False)
-        pred = sitk.GetArrayViewFromImage(result.labels)
-        spacing = result.labels.GetSpacing()[::-1]
-        voxel = score_case(pred, case.groups, case.label_names, case.truth_groups, spacing)
-        lesions = lesion_scores(pred, case.groups, case.label_names, case.truth_groups)
-        scored.records.append(
-            {
-                "arm": scored.arm,
-                "replicate": replicate,
-                "case": case.case,
-                "site": case.site,
-                "site_mode": "given" if given else "auto",
-                "chosen": result.gate.chosen,
-                "dice": {k: _round(d) for k, (d, _) in voxel.items()},
-                "hd95_mm": {k: _round(h, 3) for k, (_, h) in voxel.items()},
-                "lesion_dice": {k: _round(d) for k, d in lesions.items()},
-            }
-        )
+        scored.records.append(case_record(scored.arm, replicate, case, result, given))
         hits.append(float(result.gate.chosen == case.site))
     if not given and bundle.config.norm == "uharmony":
         scored.gate_accuracy = round(float(np.mean(hits)), 4)
