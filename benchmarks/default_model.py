@@ -12,7 +12,7 @@ the card's test-time mirroring, as users run it), and is scored by the project's
 Dice and HD95 per label the site annotates and the whole lesion, and lesion-wise Dice.
 A site that annotates only the whole lesion is scored on the whole lesion only. Absent
 channels are given to the model as all-zero volumes, as in training. Every case's record
-(protocol.score_bundle's fields, plus the gate's entropy and distance) is saved beside
+(protocol.case_record's fields: scores and the gate's state) is saved beside
 the summary.
 """
 
@@ -76,13 +76,8 @@ def held_out_cases(bundle: Bundle, sites: list[SiteSpec], count: int, spacing: f
 
 
 def gated_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
-    """One case through the engine as users run it (gate deciding, mirroring on): its protocol record and the
-    gate's state."""
-    result = segment_volumes(bundle, case.images)
-    gate = result.gate
-    distance = None if gate.distance is None else round(gate.distance, 4)
-    record = case_record(bundle.path.name, 0, case, result, given=False)
-    return {**record, "entropy": round(gate.entropy, 4), "distance": distance, "familiar": gate.familiar}
+    """One case through the engine as users run it (gate deciding, mirroring on): its protocol record."""
+    return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images), given=False)
 
 
 def demo_seconds() -> float:

@@ -144,7 +144,7 @@ class Scored:
 
 def case_record(arm: str, replicate: int, case: EvalCase, result: SegmentationResult, given: bool) -> dict[str, Any]:
     """One segmented case scored by the project's rule: Dice and HD95 per label the case annotates and the whole
-    lesion, lesion-wise Dice, and the gate's choice."""
+    lesion, lesion-wise Dice, and the gate's state (choice, probabilities, entropy, distance to the bank)."""
     pred = sitk.GetArrayViewFromImage(result.labels)
     voxel = score_case(pred, case.groups, case.label_names, case.truth_groups, result.labels.GetSpacing()[::-1])
     lesions = lesion_scores(pred, case.groups, case.label_names, case.truth_groups)
@@ -155,6 +155,10 @@ def case_record(arm: str, replicate: int, case: EvalCase, result: SegmentationRe
         "site": case.site,
         "site_mode": "given" if given else "auto",
         "chosen": result.gate.chosen,
+        "probabilities": {site: round(float(p), 4) for site, p in zip(result.gate.sites, result.gate.probabilities)},
+        "entropy": round(result.gate.entropy, 4),
+        "distance": None if result.gate.distance is None else round(result.gate.distance, 4),
+        "familiar": result.gate.familiar,
         "dice": {k: _round(d) for k, (d, _) in voxel.items()},
         "hd95_mm": {k: _round(h, 3) for k, (_, h) in voxel.items()},
         "lesion_dice": {k: _round(d) for k, d in lesions.items()},
