@@ -52,7 +52,7 @@ def auroc(seen: Sequence[float], unseen: Sequence[float]) -> float:
     """Area under the ROC curve of distance as a score for 'unseen' (0.5: no better than chance)."""
     scores = torch.tensor([*seen, *unseen], dtype=torch.float64)
     truth = torch.tensor([0] * len(seen) + [1] * len(unseen))
-    return round(float(compute_roc_auc(scores, truth)), 4)
+    return round(float(np.asarray(compute_roc_auc(scores, truth))), 4)
 
 
 def dice(records: Sequence[Record]) -> float | None:

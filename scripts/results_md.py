@@ -131,90 +131,112 @@ def _dice(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def reproduce_goals(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    """The paper's claims as [goal, value, met] rows, computed from the table's numbers (missing rows: skipped)."""
-    mean = {(r["backbone"], r["method"]): r.get("dice_mean") for r in rows}
-    goals = []
-    for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        gated, given = mean.get((backbone, "uharmony_gated")), mean.get((backbone, "uharmony_given"))
-        plain = mean.get((backbone, "joint_instance"))
-        if gated is not None and plain is not None:
-            gain = gated - plain
-            goals.append([f"{backbone}: uharmony_gated ≥ joint_instance + 0.02", f"{gain:+.3f}", gain >= 0.02])
-        if gated is not None and given is not None:
-            gap = abs(gated - given)
-            goals.append([f"{backbone}: |uharmony_gated − uharmony_given| ≤ 0.01", f"{gap:.3f}", gap <= 0.01])
-    added = mean.get(("dynunet", "addsite_uharmony"))
-    others = [mean.get(("dynunet", m)) for m in ("addsite_finetune_instance", "addsite_scratch")]
-    if added is not None and all(o is not None for o in others):
-        margin = added - max(others)  # type: ignore[type-var]
-        goals.append(["addsite_uharmony > addsite_finetune_instance and addsite_scratch", f"{margin:+.3f}", margin > 0])
-    return [[goal, value, "yes" if met else "**no**"] for goal, value, met in goals]
-
-
 def method_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Whole-lesion Dice per method: mean ± spread, the per-seed means (where the run recorded them), per site."""
-    seeded = any("seed_means" in r for r in rows)
+    """Whole-lesion Dice per arm: mean ± spread over replicates, per replicate, lesion-wise Dice, per site."""
     body = [
         [
             f"`{r['method']}`",
-            r["backbone"],
-            ", ".join(map(str, r["seeds"])),
+            r.get("scenario", ""),
+            r.get("replicates", len(r.get("seed_means", []))),
             f"{_dice(r['dice_mean'])} ± {_dice(r['dice_std'])} ({r['spread']})",
-            *([", ".join(_dice(m) for m in r.get("seed_means", []))] if seeded else []),
+            ", ".join(_dice(m) for m in r.get("seed_means", [])),
+            _dice(r.get("lesion_dice_mean")),
             ", ".join(f"{site} {_dice(d)}" for site, d in r["per_site"].items()),
         ]
         for r in rows
     ]
-    head = ["method", "backbone", "seeds", "whole-lesion Dice, mean ± spread", *(["per seed"] if seeded else [])]
+    head = ["arm", "scenario", "replicates", "whole-lesion Dice, mean ± spread", "per replicate", "lesion-wise"]
     return table([*head, "per-site Dice"], body)
 
 
-def render_reproduce(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/reproduce.py's table: whole-lesion Dice per method, then the claims it tests, met or missed."""
-    rows = doc.get("rows", [])
-    out = method_table(rows)
-    out += ["", "Goals (met or missed, from the numbers above):", ""]
-    out += table(["goal", "value", "met"], reproduce_goals(rows))
-    out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])], ""]
-    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
-    minutes = doc.get("seconds", 0) / 60
-    out += ["", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
+def lesionwise_table(rows: list[dict[str, Any]]) -> list[str]:
+    """BraTS-style lesion-wise whole-lesion Dice per site, one table per scenario."""
+    out: list[str] = []
+    for scenario in dict.fromkeys(r.get("scenario") for r in rows):
+        mine = [r for r in rows if r.get("scenario") == scenario]
+        sites = list(dict.fromkeys(s for r in mine for s in r.get("lesion_dice_per_site", {})))
+        body = [[f"`{r['method']}`", *[_dice(r["lesion_dice_per_site"].get(s)) for s in sites]] for r in mine]
+        out += ["", *table([f"{scenario}: lesion-wise Dice", *sites], body)]
     return out
 
 
+def claims_table(claims: list[dict[str, Any]]) -> list[str]:
+    body = [
+        [
+            c["name"],
+            f"`{c['b']}` − `{c['a']}`",
+            f"{c['diff_mean']:+.4f}",
+            f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+            f"> {c['margin']:+.2f}",
+            "**holds**" if c["holds"] else "**does not hold**",
+            c["replicates"],
+            c["cases"],
+        ]
+        for c in claims
+    ]
+    return table(["claim", "b − a", "mean", "95 % CI", "holds when CI", "verdict", "replicates", "cases"], body)
+
+
+def render_reproduce(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/reproduce.py: the claims, the table, the gate's honesty and adding a site."""
+    rows = doc.get("rows", [])
+    out = [f"Evaluation: **{doc.get('evaluation')}** data; figures from `{doc.get('figures_from')}`.", ""]
+    out += [
+        "The four claims declared in docs/reproduction.md before the run:",
+        "",
+        *claims_table(doc.get("claims", [])),
+    ]
+    out += ["", *method_table(rows), *lesionwise_table(rows)]
+    gate = doc.get("gate", {})
+    scenarios = gate.get("by_scenario", {})
+    body = [[name, g["accuracy"], g["ece"], g["cases"]] for name, g in scenarios.items()]
+    out += ["", "The gate on the test cases (every replicate; `annotation`: replicate 0):", ""]
+    out += table(["scenario", "accuracy", "expected calibration error", "cases"], body)
+    picture = Path(doc.get("gate_map", ""))
+    if picture.parts[:1] == ("docs",):  # RESULTS.md lives in docs/
+        out += ["", f"![Gate map on one test case per site]({picture.relative_to('docs').as_posix()})"]
+    threshold = doc.get("unfamiliar_threshold", {})
+    keys = ["auroc", "flagged_unseen", "flagged_seen", "dice_unseen", "coverage", "dice_all", "dice_kept"]
+    body = [[u["rung"], *[u.get(k) for k in keys]] for u in doc.get("unfamiliar", [])]
+    out += [
+        "",
+        f"The unfamiliar flag on the unseen-site ladder (threshold: false-positive rate "
+        f"{threshold.get('false_positive_rate')} on development cases; share of seen test cases flagged "
+        f"{threshold.get('seen_test_flagged')}; means over replicates):",
+        "",
+        *table(["rung", *keys], body),
+    ]
+    objective = doc.get("addsite_objective", {})
+    body = [
+        [f"`{a['method']}`", a["cases"], _dice(a["new_site_dice"]), _signed(a["old_site_change"]),
+         ", ".join(_dice(d) for d in a["new_site_dice_draws"])]
+        for a in doc.get("addsite", [])
+    ]  # fmt: skip
+    zero = ", ".join(f"{k} {_dice(v)}" for k, v in objective.get("zero_shot", {}).items())
+    out += ["", f"Adding a site (zero-shot Dice of the parents on it: {zero}):", ""]
+    out += table(["method", "cases", "new-site Dice", "old-site change", "per draw"], body)
+    winners = ", ".join(f"{k} case(s): `{v}`" for k, v in objective.get("best_per_case_count", {}).items())
+    out += ["", f"Objective (best new-site Dice with old-site change ≥ {objective.get('old_site_limit')}): {winners}."]
+    out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])], ""]
+    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
+    minutes = doc.get("seconds", 0) / 60
+    out += [
+        "",
+        f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min. Case scores: `{doc.get('case_scores')}`.",
+    ]
+    return out
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
 def render_ablation(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/ablation.py: U-Harmony's variants, and each design choice's effect as a paired difference."""
+    """benchmarks/ablation.py: U-Harmony's variants and their rows; the paired differences follow in the section's
+    comparison table."""
     variants = [[f"`{k}`", v.get("restore_degree"), v.get("site_params")] for k, v in doc.get("variants", {}).items()]
     out = table(["variant", "restore degree", "site rows"], variants)
     out += ["", *method_table(doc.get("rows", []))]
-    gains = [
-        [
-            f"`{g['method']}` − `{g['against']}`",
-            g.get("meaning", ""),
-            ", ".join(f"{v:+.3f}" for v in g["per_seed"]),
-            f"{g['mean']:+.3f} ± {g['std']:.3f}",
-            f"{g.get('wins', '')} of {len(g['per_seed'])}",
-            (f"≥ +{g['goal']:.2f}: " + ("yes" if g["met"] else "**no**")) if "goal" in g else "",
-        ]
-        for g in doc.get("paired_gain", [])
-    ]
-    out += ["", "Paired differences (same seed, same sampler draws):", ""]
-    out += table(["difference", "what it measures", "per seed", "mean ± sd", "seeds won", "goal"], gains)
-    added = {r["method"]: r for r in doc.get("addsite_rows", [])}
-    old = [
-        [
-            f"`{o['method']}`",
-            _dice(added[o["method"]]["dice_mean"]) if o["method"] in added else "",
-            _dice(o["old_sites_before"]) if "old_sites_before" in o else "—",
-            _dice(o["old_sites_after"]),
-            f"{o['change']:+.3f}" if "change" in o else "—",
-        ]
-        for o in doc.get("addsite_old_sites", [])
-    ]
-    if old:
-        out += ["", "Adding the held-out site: its Dice, and the old sites' Dice before and after (gate deciding):", ""]
-        out += table(["method", "new site", "old sites before", "old sites after", "change"], old)
     out += ["", "Notes:", "", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
     return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min (reused models not retrained)."]
@@ -347,7 +369,8 @@ def legacy_comparisons(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def comparisons_of(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    return doc.get("comparisons") or legacy_comparisons(name, doc)
+    """A file's claims and comparisons (or, before the protocol, its seed-paired differences)."""
+    return [*doc.get("claims", []), *doc.get("comparisons", [])] or legacy_comparisons(name, doc)
 
 
 def comparison_table(doc: dict[str, Any], found: list[dict[str, Any]]) -> list[str]:
@@ -355,7 +378,7 @@ def comparison_table(doc: dict[str, Any], found: list[dict[str, Any]]) -> list[s
     body = [
         [
             f"`{c['name']}`",
-            c.get("meaning", ""),
+            c.get("meaning") or f"claim: holds when the CI lies above {c.get('margin', 0):+.2f}",
             f"{c['diff_mean']:+.4f}",
             f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
             "yes" if c["holds"] else "**no**",
