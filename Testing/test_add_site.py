@@ -185,7 +185,9 @@ def test_new_label_adds_a_class_old_sites_never_pick(parent: Path, new_site: Pat
     b = segment_volumes(new, images, site="beta", want_probabilities=True)
     assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))
     pa, pb = sitk.GetArrayViewFromImage(a.probabilities), sitk.GetArrayViewFromImage(b.probabilities)
-    assert np.array_equal(pa, pb[..., : pa.shape[-1]]) and pb[..., -1].max() < 1e-30
+    # a wider output convolution may take another kernel path (one thread here: another blocking), so the old
+    # classes' probabilities agree to float32 rounding rather than bit for bit; the labels above agree exactly
+    assert np.allclose(pa, pb[..., : pa.shape[-1]], rtol=0, atol=1e-6) and pb[..., -1].max() < 1e-30
 
 
 @pytest.mark.parametrize(
