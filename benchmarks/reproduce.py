@@ -666,6 +666,7 @@ def gate_map_png(run: Run, out: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
         fig.savefig(tmp.name, dpi=90)
     plt.close(fig)
+    Path(tmp.name).chmod(0o644)  # NamedTemporaryFile makes it private
     Path(tmp.name).replace(out)
 
 
