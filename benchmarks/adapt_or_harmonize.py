@@ -162,13 +162,13 @@ def scenario_result(
         arm = f"{scenario}/{config}"
         # One pass (no test-time mirroring): the comparison is between training recipes, alike for all.
         scored[config] = [score_bundle(m, tests, False, resolve_device(device), arm, r) for r, m in enumerate(models)]
-        r = row(config, "dynunet", seeds["train"], scored[config], s.steps)
+        r = {**row(config, scenario, scored[config], s.steps), "seeds": list(seeds["train"])}
         rows.append(
             {
                 "config": config,
                 "norm": norm,
                 "harmonize": chosen,
-                **{k: v for k, v in r.items() if k not in ("method", "backbone")},
+                **{k: v for k, v in r.items() if k not in ("method", "backbone", "scenario")},
             }
         )
         log(f"{scenario} {config}: Dice {r['dice_mean']} +/- {r['dice_std']}", started)
