@@ -349,11 +349,8 @@ class Run:
         run_all(todo, self.jobs, done)
 
     def score(self, jobs: Sequence[tuple[str, ScoreJob]]) -> None:
-        def done(job: Job, result: Any) -> None:
-            return None
-
         log(f"{len(jobs)} scoring jobs", self.started)
-        for (name, _), scored in zip(jobs, run_all([j for _, j in jobs], self.jobs, done)):
+        for (name, _), scored in zip(jobs, run_all([j for _, j in jobs], self.jobs, lambda _job, _result: None)):
             self.scored[name] = scored
         log("scoring done", self.started)
 

@@ -350,22 +350,13 @@ def seed_level(name: str, per_seed: list[float], meaning: str) -> dict[str, Any]
 
 
 def legacy_comparisons(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Seed-paired differences of a table written before the protocol (reproduce.json's per-seed means,
-    ablation.json's paired_gain); empty for any other file."""
-    if name == "ablation.json":
-        return [
-            seed_level(f"{g['method']} - {g['against']}", g["per_seed"], g.get("meaning", ""))
-            for g in doc.get("paired_gain", [])
-        ]
-    if name != "reproduce.json":
+    """Seed-paired differences of ablation.json written before the protocol (its paired_gain); empty otherwise."""
+    if name != "ablation.json":
         return []
-    by = {r["method"]: r for r in doc.get("rows", []) if r.get("backbone") == "dynunet" and "seed_means" in r}
-    out = []
-    for b, a in (("uharmony_gated", "joint_instance"), ("uharmony_gated", "uharmony_given")):
-        if a in by and b in by and len(by[a]["seed_means"]) > 1:
-            per_seed = [y - x for x, y in zip(by[a]["seed_means"], by[b]["seed_means"])]
-            out.append(seed_level(f"{b} - {a}", per_seed, "whole-lesion Dice, paired by seed"))
-    return out
+    return [
+        seed_level(f"{g['method']} - {g['against']}", g["per_seed"], g.get("meaning", ""))
+        for g in doc.get("paired_gain", [])
+    ]
 
 
 def comparisons_of(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
