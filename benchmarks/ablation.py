@@ -26,6 +26,7 @@ from jobs import Job
 from protocol import compare, write_case_scores
 from reproduce import FULL, PROTOCOL, QUICK, Run, check_work, joint_jobs, log, make_data, replicates_of, row
 
+from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,4 +130,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InputError as e:  # a bad --out, --work or data path: one line, nothing half-written
+        sys.exit(f"ablation.py: {e}")

@@ -37,6 +37,7 @@ from protocol import Scored, compare, load_protocol, load_tests, write_case_scor
 from UHarmonyLib.data.datasets import DATASET_JSON, write_dataset
 from UHarmonyLib.data.scenarios import PHYSICS_DEFAULTS
 from UHarmonyLib.data.spec import SynthSpec, parse_spec, resolve_scenario
+from UHarmonyLib.errors import InputError
 from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
 from UHarmonyLib.files.atomic import atomic_dir, check_writable, write_text_atomic
 from UHarmonyLib.inference.device import resolve_device
@@ -816,4 +817,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InputError as e:  # a bad --out, --work or data path: one line, nothing half-written
+        sys.exit(f"reproduce.py: {e}")
