@@ -15,9 +15,11 @@ from conftest import assert_one_line_error, run_main
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.data.synth import make_case
 from UHarmonyLib.data.template import load_template
+from UHarmonyLib.errors import BundleError
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.inference.gate_decision import GateDecision
-from UHarmonyLib.model.signature_bank import BANK_NAME, SignatureBank, case_vector
+from UHarmonyLib.model.card import BANK_NAME, set_familiar_distance
+from UHarmonyLib.model.signature_bank import SignatureBank, case_vector
 from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig, train
 
@@ -92,6 +94,30 @@ def test_tampered_bank_is_refused(banked: tuple[Path, Path], tmp_path: Path) -> 
     (copy / BANK_NAME).write_bytes(bytes(data))
     line = assert_one_line_error(run_main("models", "info", copy))
     assert BANK_NAME in line and "checksum" in line
+
+
+def test_a_recalibrated_threshold_changes_the_warning_only(banked: tuple[Path, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "b-v1"
+    copy.mkdir()
+    for f in banked[0].iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    case = _case(banked[1], "north", 99)
+    before = segment_volumes(load_bundle(copy), case)
+    assert before.gate.distance is not None and before.gate.distance <= before.gate.distance_threshold
+    how = {"cases": 7, "false_positive_rate": 0.05, "data": "development cases"}
+    card = set_familiar_distance(copy, before.gate.distance / 2, how)
+    after = segment_volumes(load_bundle(copy), case)  # the card still verifies
+    assert card["inference"]["familiar_distance"] == pytest.approx(before.gate.distance / 2, abs=1e-4)
+    assert card["metrics"]["familiar_calibration"] == how and after.gate.distance > after.gate.distance_threshold
+    assert not after.gate.familiar
+    assert "far from every known site" in after.gate.concern
+    assert after.gate.distance == pytest.approx(before.gate.distance, abs=1e-6)
+    for f in (copy / "model.safetensors", copy / BANK_NAME):
+        assert f.read_bytes() == (banked[0] / f.name).read_bytes()
+    assert (sitk.GetArrayFromImage(after.labels) == sitk.GetArrayFromImage(before.labels)).all()
+    (copy / BANK_NAME).write_bytes(b"tampered")
+    with pytest.raises(BundleError, match=f"{BANK_NAME}: truncated"):
+        set_familiar_distance(copy, 1.0, how)  # a damaged bundle is refused, not re-signed
 
 
 def test_bundles_without_a_bank_judge_by_entropy_only(tiny_bundle: Path) -> None:

@@ -249,3 +249,31 @@ def test_same_seed_same_bytes_for_a_physics_scenario(tmp_path: Path) -> None:
     for channel in a.images:
         assert (sitk.GetArrayFromImage(a.images[channel]) == sitk.GetArrayFromImage(b.images[channel])).all()
     assert (sitk.GetArrayFromImage(a.label) == sitk.GetArrayFromImage(b.label)).all()
+
+
+def test_brats_naming_renames_channels_only_and_clinics_has_a_site_without_t1ce(tmp_path: Path) -> None:
+    """`clinics` (the default model's sites) names channels the BraTS way; the voxels are the protocols' own."""
+    clinics, protocols = _synth(tmp_path, "clinics"), _synth(tmp_path, "protocols")
+    data = json.loads((clinics / "dataset.json").read_text())
+    assert list(data["channel_names"].values()) == ["flair", "t1", "t1ce", "t2"] and "brats_names" not in data
+    entries = {e.case: e for e in read_dataset(clinics / "dataset.json")}
+    msd = {e.case: e for e in read_dataset(protocols / "dataset.json")}
+    assert set(entries) == set(msd)
+    for case, entry in entries.items():
+        lacks_contrast = entry.site == "hospital-1.5t-old"
+        assert entry.channels == (["flair", "t1", "t2"] if lacks_contrast else ["flair", "t1", "t1ce", "t2"]), case
+        names = list(data["channel_names"].values())
+        assert [p.name[-12:] for p in entry.images] == [f"_{names.index(c):04d}.nii.gz" for c in entry.channels]
+        same = [p for p in msd[case].images if p.name in {q.name for q in entry.images}]
+        for a, b in zip(_arrays(entry.images), _arrays(same)):
+            assert (a == b).all(), case  # renaming never changes a voxel
+    assert parse_spec(data, "dataset.json").channel_naming == "brats"  # read back as written
+    with pytest.raises(InputError, match="channel_naming: must be one of msd, brats"):
+        parse_spec({"channel_naming": "nnunet", "sites": [{"name": "s", "physics": {}}]}, "spec.json")
+    refused = subprocess.run(
+        [sys.executable, "-m", "UHarmonyLib", "synth", "--scenario", "mixed", "--channel-naming", "brats",
+         "--out", str(tmp_path / "refused")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and not (tmp_path / "refused").exists()
+    assert refused.stderr.strip().splitlines()[-1].endswith("MR-physics channels; these sites use contrast tables")

@@ -1,19 +1,24 @@
-"""Figures of a trained model on fresh cases: seen sites, two unseen sites, and the demo's time.
+"""Figures of a trained model on fresh cases: seen sites, two unseen protocols, the gate, the flag and the demo.
 
     .venv/bin/python benchmarks/default_model.py --train-data DATASET_JSON [--model BUNDLE]
-        [--cases-per-site 10] [--final] [--spacing MM] [--out docs/results/default_model.json]
+        [--cases-per-site 10] [--final] [--calibrate] [--spacing MM] [--out docs/results/default_model.json]
 
 Held-out cases are generated from the training sites' own specs (read from the training
-dataset.json, which stores them resolved) and from two sites the model never saw, with
-the locked protocol's seed (benchmarks/protocol.py): its first test seed only with
-`--final`, its first development seed otherwise; the model is trained elsewhere, so no
-training seed enters. Each case goes through the real engine with the gate driving (and
-the card's test-time mirroring, as users run it), and is scored by the project's rule:
-Dice and HD95 per label the site annotates and the whole lesion, and lesion-wise Dice.
-A site that annotates only the whole lesion is scored on the whole lesion only. Absent
-channels are given to the model as all-zero volumes, as in training. Every case's record
-(protocol.case_record's fields: scores and the gate's state) is saved beside
-the summary.
+dataset.json, which stores them resolved, channel names included) and from two MR
+protocols the model never saw, with the locked protocol's seed (benchmarks/protocol.py):
+its first test seed only with `--final`, its first development seed otherwise; the model
+is trained elsewhere, so no training seed enters. Each case goes through the real engine
+with the gate driving (and the card's test-time mirroring, as users run it), and is
+scored by the project's rule: Dice and HD95 per label the site annotates and the whole
+lesion, and lesion-wise Dice. Absent channels are given to the model as all-zero volumes,
+as in training. Every case's record is saved beside the summary.
+
+The unfamiliar-case threshold is set on development cases of the known sites (the
+protocol's last development seed, which no evaluation set uses) at a declared 5 %
+false-positive rate; `--calibrate` writes it into the model's card (the training-time
+threshold, from leave-one-case-out training distances, sits too close to the bank).
+The gate is judged by accuracy and expected calibration error on the seen sites, the flag
+by AUROC of each unseen protocol's cases against the seen ones and by risk-coverage.
 """
 
 from __future__ import annotations
@@ -30,44 +35,51 @@ from typing import Any
 
 import numpy as np
 import torch
+from gate_figures import accuracy, expected_calibration_error, flag_figures, threshold_at
 from protocol import EvalCase, EvalSet, Scored, case_record, load_protocol, load_tests, write_case_scores
-from reproduce import synthesize
+from reproduce import NEW_SITE_SPEC, synthesize
 
-from UHarmonyLib.data.spec import SynthSpec, resolve_scenario
-from UHarmonyLib.data.synth import DEFAULT_CONTRAST, SiteSpec
+from UHarmonyLib.data.scenarios import PHYSICS_DEFAULTS
+from UHarmonyLib.data.spec import SynthSpec, parse_spec, resolve_scenario
+from UHarmonyLib.data.synth import SiteSpec
 from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
 from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.model.card import set_familiar_distance
 from UHarmonyLib.model.weights import Bundle, load_bundle
 from UHarmonyLib.resources import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = load_protocol()
-UNSEEN = [  # appearances none of the built-in scenarios use
-    SiteSpec(
-        "unseen-lowfield",
-        channels={c: dict(t) for c, t in DEFAULT_CONTRAST.items()},
-        gamma=1.6,
-        noise=0.07,
-        blur=1.5,
-        bias=0.3,
-        scale=40.0,
-    ),
-    SiteSpec(
-        "unseen-inverted-gain",
-        channels={c: dict(t) for c, t in DEFAULT_CONTRAST.items()},
-        gamma=0.5,
-        noise=0.01,
-        scale=3000.0,
-        offset=200.0,
-        bias=0.2,
-    ),
-]
+FALSE_POSITIVE_RATE = 0.05  # declared: the share of known-site development cases the flag may raise
+CALIBRATION_CASES_PER_SITE = 5
+UNSEEN_SPEC: dict[str, Any] = {  # protocols no built-in training scenario uses
+    "defaults": PHYSICS_DEFAULTS,
+    "sites": [
+        {**NEW_SITE_SPEC["sites"][0], "name": "unseen-1.5t-spgr"},  # reproduce.py's add-site hospital
+        {  # 3 T, spin-echo T1, long-TI FLAIR, short-echo T2, 4 mm slices, ringing, low gain
+            "name": "unseen-3t-se",
+            "physics": {"field_strength": 3.0, "kspace": [0.75, 0.75, 1.0]},
+            "channels": {
+                "FLAIR": {"TR": 9000, "TE": 125, "TI": 2500},
+                "T1w": {"sequence": "se", "TR": 600, "TE": 10},
+                "t1gd": {"sequence": "se", "TR": 600, "TE": 10},
+                "T2w": {"TR": 5000, "TE": 70},
+            },
+            "spacing": [2.0, 2.0, 4.0],
+            "noise": 0.03,
+            "bias": 0.2,
+            "scale": 150.0,
+        },
+    ],
+}
 
 
-def held_out_cases(bundle: Bundle, sites: list[SiteSpec], count: int, spacing: float, seed: int) -> EvalSet:
+def held_out_cases(
+    bundle: Bundle, sites: list[SiteSpec], naming: str, count: int, spacing: float, seed: int
+) -> EvalSet:
     """`count` fresh cases of every site, written as `uharmony synth` writes them and read as training reads them."""
-    spec = SynthSpec("default_model", "held-out", "Held-out cases of trained and unseen sites.", sites)
+    spec = SynthSpec("default_model", "held-out", "Held-out cases of trained and unseen sites.", sites, naming)
     with tempfile.TemporaryDirectory(prefix="uharmony-default-model-") as tmp:
         tests = load_tests(synthesize(Path(tmp) / "tests", spec, seed, spacing, count))
     if tests.channels != bundle.channel_names or tests.labels != [lab["name"] for lab in bundle.labels]:
@@ -75,9 +87,26 @@ def held_out_cases(bundle: Bundle, sites: list[SiteSpec], count: int, spacing: f
     return tests
 
 
-def gated_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
+def gated_record(bundle: Bundle, case: EvalCase, mirror: bool = True) -> dict[str, Any]:
     """One case through the engine as users run it (gate deciding, mirroring on): its protocol record."""
-    return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images), given=False)
+    return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images, mirror=mirror), given=False)
+
+
+def calibrate(args: argparse.Namespace, bundle: Bundle, seen: list[SiteSpec], naming: str) -> dict[str, Any]:
+    """The flag's threshold from development cases of the known sites; written into the card with --calibrate."""
+    seed = PROTOCOL.development_seeds[-1]
+    cases = held_out_cases(bundle, seen, naming, CALIBRATION_CASES_PER_SITE, args.spacing, seed).cases
+    distances = [gated_record(bundle, case, mirror=False)["distance"] for case in cases]  # the gate ignores mirroring
+    threshold = threshold_at(distances, FALSE_POSITIVE_RATE)
+    how = {
+        "false_positive_rate": FALSE_POSITIVE_RATE,
+        "cases": len(distances),
+        "data": f"development cases of the known sites (seed {seed})",
+        "command": "python benchmarks/default_model.py --calibrate",
+    }
+    if args.calibrate:
+        set_familiar_distance(args.model, threshold, how)
+    return {**how, "threshold": round(threshold, 4), "written_to_card": bool(args.calibrate)}
 
 
 def demo_seconds() -> float:
@@ -97,21 +126,24 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=default_model())
     parser.add_argument("--cases-per-site", type=int, default=PROTOCOL.test_cases_per_site)
     parser.add_argument("--final", action="store_true", help="generate from the protocol's test seed (final runs)")
+    parser.add_argument("--calibrate", action="store_true", help="write the flag's threshold into the model's card")
     parser.add_argument("--spacing", type=float, default=None, help="generation spacing (default: the model's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "default_model.json")
     parser.add_argument("--skip-demo", action="store_true", help="do not time the demo (demo_seconds: null)")
     args = parser.parse_args()
     start = time.perf_counter()
     bundle = load_bundle(args.model)
-    spacing = args.spacing or float(bundle.preprocessing["spacing"][0])
-    seed = PROTOCOL.evaluation_seeds(args.final)[0]
+    args.spacing = args.spacing or float(bundle.preprocessing["spacing"][0])
+    trained = resolve_scenario(args.train_data)
     # cases=None: every site gets --cases-per-site, whatever count its training spec gave it
-    seen = [replace(s, cases=None) for s in resolve_scenario(args.train_data).sites if s.name in bundle.site_names]
+    seen = [replace(s, cases=None) for s in trained.sites if s.name in bundle.site_names]
     if not seen:
         raise SystemExit(f"{args.train_data}: none of its sites is a site of {args.model}")
-    channels = set(bundle.channel_names)
-    unseen = [replace(s, channels={c: t for c, t in s.channels.items() if c in channels}) for s in UNSEEN]
-    tests = held_out_cases(bundle, [*seen, *unseen], args.cases_per_site, spacing, seed)
+    calibration = calibrate(args, bundle, seen, trained.channel_naming)
+    bundle = load_bundle(args.model)  # again: --calibrate has rewritten its card
+    unseen = parse_spec(UNSEEN_SPEC, "benchmarks/default_model.py's unseen sites").sites
+    seed = PROTOCOL.evaluation_seeds(args.final)[0]
+    tests = held_out_cases(bundle, [*seen, *unseen], trained.channel_naming, args.cases_per_site, args.spacing, seed)
     scored = Scored(bundle.path.name, 0)
     for site in [s.name for s in [*seen, *unseen]]:
         scored.records += [gated_record(bundle, case) for case in tests.only(site).cases]
@@ -132,6 +164,7 @@ def main() -> int:
     labels = [lab["name"] for lab in bundle.labels] + [WHOLE]
     figures = {
         "model": f"{bundle.label_text} ({args.model})",
+        "channels": bundle.channel_names,
         "dice_whole_lesion_seen": per_site(seen_rows),
         "dice_whole_lesion_unseen": per_site(unseen_rows),
         "dice_per_label": {
@@ -141,7 +174,23 @@ def main() -> int:
             }
             for s in dict.fromkeys(r["site"] for r in rows)
         },
-        "gate_accuracy_seen": mean([float(r["chosen"] == r["site"]) for r in seen_rows]),
+        "lesion_dice_whole_lesion": {
+            s: mean_defined([r["lesion_dice"][WHOLE] for r in rows if r["site"] == s])
+            for s in dict.fromkeys(r["site"] for r in rows)
+        },
+        "gate": {
+            "accuracy": accuracy(seen_rows),
+            "ece": expected_calibration_error(seen_rows),
+            "cases": len(seen_rows),
+        },
+        "unfamiliar": [
+            {
+                "site": site,
+                **flag_figures(seen_rows, [r for r in unseen_rows if r["site"] == site], calibration["threshold"]),
+            }
+            for site in dict.fromkeys(r["site"] for r in unseen_rows)
+        ],
+        "unfamiliar_threshold": calibration,
         "entropy_seen_mean": mean([r["entropy"] for r in seen_rows]),
         "entropy_unseen_mean": mean([r["entropy"] for r in unseen_rows]),
         "unfamiliar_flagged_unseen": mean([float(not r["familiar"]) for r in unseen_rows]),
@@ -150,12 +199,13 @@ def main() -> int:
         "distance_unseen_mean": mean([r["distance"] for r in unseen_rows if r["distance"] is not None]),
         "familiar_distance": bundle.inference.get("familiar_distance"),
         "demo_seconds": None if args.skip_demo else demo_seconds(),
+        "bundle_mb": round(sum(f.stat().st_size for f in Path(args.model).iterdir()) / 2**20, 1),
         "cases_per_site": args.cases_per_site,
         "seed": seed,
         "evaluation": "test" if args.final else "development",
         "protocol": PROTOCOL.to_json(),
         "case_scores": cases.name,
-        "spacing_mm": spacing,
+        "spacing_mm": args.spacing,
         "torch_threads": torch.get_num_threads(),
         "command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.perf_counter() - start, 1),

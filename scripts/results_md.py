@@ -243,29 +243,51 @@ def render_ablation(doc: dict[str, Any]) -> list[str]:
 
 
 def render_default_model(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/default_model.py's figures: Dice per site against the goal, the gate, the demo's time."""
+    """benchmarks/default_model.py's figures: Dice per site against the goal, the gate, the flag, the demo's time."""
     per_label = doc.get("dice_per_label", {})
+    lesionwise = doc.get("lesion_dice_whole_lesion", {})
     rows = []
     for kind, table_key in (("seen", "dice_whole_lesion_seen"), ("unseen", "dice_whole_lesion_unseen")):
         for site, dice in doc.get(table_key, {}).items():
             labels = {k: v for k, v in per_label.get(site, {}).items() if k != "whole lesion" and v == v}
             goal = ("yes" if dice >= 0.80 else "**no**") if kind == "seen" else ""
-            rows.append([site, kind, _dice(dice), goal, ", ".join(f"{k} {_dice(v)}" for k, v in labels.items())])
-    out = table(["site", "in training", "whole-lesion Dice", "≥ 0.80", "per label"], rows)
-    gate = [
-        ["gate accuracy, training sites (goal ≥ 0.95)", doc.get("gate_accuracy_seen")],
+            by_label = ", ".join(f"{k} {_dice(v)}" for k, v in labels.items())
+            rows.append([site, kind, _dice(dice), _dice(lesionwise.get(site)), goal, by_label])
+    out = table(["site", "in training", "whole-lesion Dice", "lesion-wise Dice", "≥ 0.80", "per label"], rows)
+    gate = doc.get("gate", {})
+    threshold = doc.get("unfamiliar_threshold", {})
+    summary = [
+        ["gate accuracy, training sites (goal ≥ 0.95)", gate.get("accuracy", doc.get("gate_accuracy_seen"))],
+        ["gate expected calibration error, training sites", gate.get("ece")],
         ["mean normalized entropy, training sites", doc.get("entropy_seen_mean")],
         ["mean normalized entropy, unseen sites", doc.get("entropy_unseen_mean")],
         ["mean distance to the gate bank, training sites", doc.get("distance_seen_mean")],
         ["mean distance to the gate bank, unseen sites", doc.get("distance_unseen_mean")],
-        ["familiar up to (the model's calibrated distance)", doc.get("familiar_distance")],
-        ["share flagged unfamiliar, training sites", doc.get("unfamiliar_flagged_seen")],
-        ["share flagged unfamiliar, unseen sites", doc.get("unfamiliar_flagged_unseen")],
+        ["familiar up to (the model card's distance)", doc.get("familiar_distance")],
+        ["share flagged unfamiliar (distance or entropy), training sites", doc.get("unfamiliar_flagged_seen")],
+        ["share flagged unfamiliar (distance or entropy), unseen sites", doc.get("unfamiliar_flagged_unseen")],
         ["main-job command (`uharmony demo`), seconds", doc.get("demo_seconds")],
+        ["bundle size, MB", doc.get("bundle_mb")],
     ]
-    out += ["", *table(["gate and demo", "value"], [r for r in gate if r[1] is not None])]
-    context = ["model", "cases_per_site", "seed", "spacing_mm", "torch_threads", "seconds", "command"]
-    out += ["", *table(["context", "value"], [[k, doc.get(k)] for k in context if k in doc])]
+    out += ["", *table(["gate and demo", "value"], [r for r in summary if r[1] is not None])]
+    if doc.get("unfamiliar"):
+        out += [
+            "",
+            f"The unfamiliar flag's distance threshold, {threshold.get('threshold')}, was set on "
+            f"{threshold.get('cases')} {threshold.get('data')} at a false-positive rate of "
+            f"{threshold.get('false_positive_rate')}"
+            + (" and written into the model card." if threshold.get("written_to_card") else "."),
+            "",
+        ]
+        flag = [
+            [u["site"], u["auroc"], u["flagged_unseen"], u["flagged_seen"], _dice(u["dice_all"]), u["coverage"],
+             _dice(u["dice_kept"])]
+            for u in doc["unfamiliar"]
+        ]  # fmt: skip
+        heads = ["unseen site", "AUROC", "flagged (unseen)", "flagged (seen)", "Dice, all", "coverage", "Dice, kept"]
+        out += table(heads, flag)
+    context = ["model", "channels", "cases_per_site", "seed", "evaluation", "spacing_mm", "torch_threads", "seconds"]
+    out += ["", *table(["context", "value"], [[k, doc.get(k)] for k in [*context, "command"] if k in doc])]
     return out
 
 

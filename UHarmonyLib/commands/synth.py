@@ -33,6 +33,11 @@ OPTIONS = [
     Option("--cases-per-site", type=int, default=4, metavar="N", help="default 4 (a site's 'cases' wins)"),
     Option("--seed", type=int, default=0, help="same seed, same bytes (default 0)"),
     Option("--spacing", type=float, default=2.0, metavar="MM", help="generation grid in mm (default 2)"),
+    Option(
+        "--channel-naming",
+        choices=["msd", "brats"],
+        help="MR-physics channel names: FLAIR/T1w/t1gd/T2w (msd) or flair/t1/t1ce/t2 (brats); default: the spec's",
+    ),
     Option("--list-scenarios", action="store_true", help="print the built-in scenarios"),
     Option("--overwrite", action="store_true", help="replace a dataset an earlier synth wrote in DIR"),
     PROGRESS,
@@ -141,17 +146,19 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_synth(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
-    from UHarmonyLib.data.datasets import DATASET_JSON, dataset_channels, write_dataset
-    from UHarmonyLib.data.spec import resolve_scenario
+    from UHarmonyLib.data.datasets import DATASET_JSON, channel_name, dataset_channels, write_dataset
+    from UHarmonyLib.data.spec import resolve_scenario, with_channel_naming
 
     if args.list_scenarios or args.scenario == "list":
         return list_scenarios(reporter)
     start = time.perf_counter()
     check_args(args)
     spec: SynthSpec = resolve_scenario(args.scenario)
+    if args.channel_naming is not None:
+        spec = with_channel_naming(spec, args.channel_naming)
     out = Path(args.out)
     old = check_out(out, args.overwrite)
-    channels = dataset_channels(spec.sites)
+    channels = [channel_name(c, spec.channel_naming) for c in dataset_channels(spec.sites)]
     reporter.log(
         f"scenario {spec.scenario}: {len(spec.sites)} sites ({', '.join(s.name for s in spec.sites)}), "
         f"channels {', '.join(channels)}, {args.spacing:g} mm, seed {args.seed}"

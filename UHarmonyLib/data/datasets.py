@@ -81,7 +81,14 @@ def label_set(site: SiteSpec) -> dict[str, str]:
     return {"0": "background", **{str(i + 1): n for i, n in enumerate(site.label_names)}}
 
 
-def write_case(folder: Path, case_id: str, case: Case, channels: list[str], labels: list[str]) -> dict[str, Any]:
+def channel_name(channel: str, naming: str) -> str:
+    """A generated channel's name in the dataset: as generated (MSD names), or its BraTS name."""
+    return BRATS_NAMES[channel] if naming == "brats" else channel
+
+
+def write_case(
+    folder: Path, case_id: str, case: Case, channels: list[str], labels: list[str], naming: str = "msd"
+) -> dict[str, Any]:
     """Write one case's files under `folder`; returns its `training` entry (paths relative to `folder`)."""
     images = []
     for name, image in case.images.items():
@@ -90,7 +97,8 @@ def write_case(folder: Path, case_id: str, case: Case, channels: list[str], labe
         images.append(rel)
     label = f"{LABELS}/{case_id}.nii.gz"
     sitk.WriteImage(case.label, str(folder / label), useCompression=True)
-    return {"image": images, "label": label, "site": case.site, "channels": list(case.images), "labels": labels}
+    names = [channel_name(c, naming) for c in case.images]
+    return {"image": images, "label": label, "site": case.site, "channels": names, "labels": labels}
 
 
 def write_dataset(
@@ -113,7 +121,8 @@ def write_dataset(
     for si, (site, count) in enumerate(zip(spec.sites, counts)):
         for ci in range(count):
             case = generate_case(template, site, case_rng(seed, si, ci))
-            training.append(write_case(folder, f"{site.name}_{ci:03d}", case, channels, site.label_names))
+            entry = write_case(folder, f"{site.name}_{ci:03d}", case, channels, site.label_names, spec.channel_naming)
+            training.append(entry)
             progress(len(training), total)
     data = {
         "name": spec.name,
@@ -131,9 +140,14 @@ def write_dataset(
         "seed": seed,
         "spacing": spacing,
         "cases_per_site": cases_per_site,
-        "channel_names": {str(i): c for i, c in enumerate(channels)},
-        "modality": {str(i): c for i, c in enumerate(channels)},
-        **({"brats_names": {c: BRATS_NAMES[c] for c in channels}} if set(channels) <= set(BRATS_NAMES) else {}),
+        "channel_names": {str(i): channel_name(c, spec.channel_naming) for i, c in enumerate(channels)},
+        "modality": {str(i): channel_name(c, spec.channel_naming) for i, c in enumerate(channels)},
+        **({"channel_naming": spec.channel_naming} if spec.channel_naming != "msd" else {}),
+        **(
+            {"brats_names": {c: BRATS_NAMES[c] for c in channels}}
+            if spec.channel_naming == "msd" and set(channels) <= set(BRATS_NAMES)
+            else {}
+        ),
         "labels": dict(UNION_LABELS),
         "label_sets": {s.name: label_set(s) for s in spec.sites},
         "merges": {k: list(v) for k, v in MERGES.items()},

@@ -233,6 +233,22 @@ PHYSICS_SCENARIOS: dict[str, dict[str, Any]] = {
             ),
         ],
     },
+    "clinics": {
+        "description": "the bundled default model's sites: the protocols hospitals with BraTS channel names "
+        "(flair, t1, t1ce, t2); the older 1.5 T one gives no contrast agent, so it has no t1ce",
+        "defaults": PHYSICS_DEFAULTS,
+        "channel_naming": "brats",
+        "sites": [
+            _SITE_3T_3D,
+            _SITE_15T_2D,
+            _SITE_3T_2D,
+            _variant(
+                _SITE_15T_OLD,
+                _SITE_15T_OLD["name"],
+                channels={k: _SITE_15T_OLD["channels"][k] for k in ("FLAIR", "T1w", "T2w")},
+            ),
+        ],
+    },
     "unseen-ladder": {
         "description": "sites ever further from hospital-3t-3d's protocol, for the unfamiliar-case flag: the same "
         "protocol, a longer T2 echo, a shorter FLAIR inversion, 2-D slices with ringing, another field strength",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from UHarmonyLib.files.json_file import read_json
 
 GENERATOR = "uharmony synth"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a file-name prefix: no spaces or slashes
-TOP_KEYS = ("sites", "name", "description", "defaults")
+TOP_KEYS = ("sites", "name", "description", "defaults", "channel_naming")
+CHANNEL_NAMINGS = ("msd", "brats")  # how a physics dataset names its channels: FLAIR/T1w/t1gd/T2w or flair/t1/t1ce/t2
 ANNOTATIONS = ("full", "whole")
 RIM_LABELS = ("core", "edema")
 OPPOSITE_REGIONS = (("left", "right"), ("anterior", "posterior"), ("deep", "superficial"))
@@ -69,6 +70,7 @@ class SynthSpec:
     name: str
     description: str
     sites: list[SiteSpec]
+    channel_naming: str = "msd"
 
 
 def scenario_table() -> list[dict[str, Any]]:
@@ -217,7 +219,8 @@ def parse_spec(data: Any, source: str, scenario: str | None = None) -> SynthSpec
     """A whole spec (dict) to SynthSpec; `source` names the file (or scenario) in error messages."""
     where = Where(source)
     if isinstance(data, dict) and str(data.get("generator", "")).startswith(GENERATOR):
-        data = {"name": data.get("name", ""), "sites": data.get("sites")}  # a dataset.json of ours
+        keep = ("name", "sites", "channel_naming")  # a dataset.json of ours
+        data = {k: data[k] for k in keep if k in data}
     data = object_keys(data, TOP_KEYS, where, "the spec")
     sites = data.get("sites")
     if not isinstance(sites, list) or not sites:
@@ -241,9 +244,20 @@ def parse_spec(data: Any, source: str, scenario: str | None = None) -> SynthSpec
     if not isinstance(name, str) or not isinstance(description, str):
         raise where.fail('"name" and "description" must be strings')
     scenario = scenario or source
-    return SynthSpec(
+    spec = SynthSpec(
         scenario=scenario, name=name or f"uharmony-synth-{scenario}", description=description, sites=parsed
     )
+    return with_channel_naming(spec, data.get("channel_naming", "msd"), where.at("channel_naming"))
+
+
+def with_channel_naming(spec: SynthSpec, naming: Any, where: Where | None = None) -> SynthSpec:
+    """The spec with its channels named the MSD (as generated) or the BraTS way; only physics channels have both."""
+    where = where or Where("--channel-naming")
+    if naming not in CHANNEL_NAMINGS:
+        raise where.fail(f"must be one of {', '.join(CHANNEL_NAMINGS)}, got {json.dumps(naming)}")
+    if naming != "msd" and spec.sites[0].physics is None:
+        raise where.fail(f'"{naming}" names MR-physics channels; these sites use contrast tables')
+    return replace(spec, channel_naming=naming)
 
 
 def load_spec(path: Path) -> SynthSpec:

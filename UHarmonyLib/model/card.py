@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.errors import BundleError
+from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.files.checksum import sha256_file
 from UHarmonyLib.image_harmonization import check_params
 from UHarmonyLib.nn.config import NetworkConfig
@@ -22,6 +23,7 @@ from UHarmonyLib.nn.config import NetworkConfig
 FORMAT_VERSION = 1
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+BANK_NAME = "gate_bank.safetensors"  # the gate's signature bank (model/signature_bank.py)
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "orientation": "RAS",
@@ -71,6 +73,25 @@ def read_card(path: Path) -> dict[str, Any]:
     if card.get("card_sha256") != card_digest(card):
         raise BundleError(f"{card_path}: model card was modified after the bundle was written (checksum mismatch)")
     validate_card(card, path)
+    return card
+
+
+def set_familiar_distance(path: Path, threshold: float, calibration: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a verified bundle's card with a new unfamiliar-case threshold and how it was set.
+
+    Why a rewrite and not a new version: the weights, bank and everything a case's
+    segmentation depends on stay byte-identical; only when the warning shows changes.
+    The card keeps its checksum, so the bundle still verifies; the write is atomic.
+    """
+    path = Path(path)
+    card = read_card(path)
+    verify_files(path, card)
+    if BANK_NAME not in card["files"]:
+        raise BundleError(f"{path}: has no gate bank, so no distance to calibrate")
+    card["inference"]["familiar_distance"] = round(float(threshold), 4)
+    card["metrics"] = {**card.get("metrics", {}), "familiar_calibration": calibration}
+    card["card_sha256"] = card_digest(card)
+    write_text_atomic(path / CARD_NAME, json.dumps(card, indent=2) + "\n")
     return card
 
 

@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from UHarmonyLib.errors import BundleError
 from UHarmonyLib.nn.gate_network import DomainGate
 
-BANK_NAME = "gate_bank.safetensors"
 SPREAD_FLOOR = 0.25  # in standardized units: a feature constant within a site still tolerates small shifts
 THRESHOLD_MARGIN = 1.25  # above the largest leave-one-case-out distance of the training cases
 

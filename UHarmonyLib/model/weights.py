@@ -21,6 +21,7 @@ from UHarmonyLib.errors import BundleError
 from UHarmonyLib.files.atomic import atomic_dir
 from UHarmonyLib.files.checksum import sha256_file
 from UHarmonyLib.model.card import (
+    BANK_NAME,
     CARD_NAME,
     DEFAULT_INFERENCE,
     DEFAULT_PREPROCESSING,
@@ -31,7 +32,7 @@ from UHarmonyLib.model.card import (
     validate_card,
     verify_files,
 )
-from UHarmonyLib.model.signature_bank import BANK_NAME, SignatureBank, load_bank
+from UHarmonyLib.model.signature_bank import SignatureBank, load_bank
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
 
