@@ -152,6 +152,36 @@ def test_segment_end_to_end(scene, two_channel_model, case) -> None:
     assert job.temp is not None and not job.temp.exists()
 
 
+def reference_geometry(segmentation: slicer.vtkMRMLSegmentationNode) -> np.ndarray:
+    """The image-to-world matrix of the segmentation's stored reference geometry (what the Segment Editor uses)."""
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    geometry = slicer.vtkOrientedImageData()
+    text = segmentation.GetSegmentation().GetConversionParameter(name)
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, geometry, False)
+    matrix = vtk.vtkMatrix4x4()
+    geometry.GetImageToWorldMatrix(matrix)
+    return matrix_array(matrix)
+
+
+def test_a_transformed_input_is_transformed_once(scene, model) -> None:
+    """Results sit under the input's transform with the input's own (local) grid as reference geometry: the
+    transform applies once, so Segment Editor edits happen on the input's voxels, not 50 mm away."""
+    volume = volume_node(scene, blob_array((24, 20, 16), seed=4), "moved case", direction=PERMUTED_FLIPPED)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "50 mm to the right")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 50.0)
+    shift.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(shift.GetID())
+    local = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(local)
+    result = segment_job(scene, model, [volume], device="cpu", mirror=False, gate_map=True).run(timeout=TIMEOUT)
+    for node in (result.segmentation, result.gate_map):
+        assert node.GetTransformNodeID() == shift.GetID(), node.GetName()
+        np.testing.assert_allclose(reference_geometry(node), matrix_array(local), atol=1e-5, err_msg=node.GetName())
+    _, voxels = segment_voxels(result.segmentation, "Segment_1")
+    np.testing.assert_allclose(voxels, matrix_array(local), atol=1e-5)  # the labelmap: local grid, as the input
+
+
 def test_unticked_mirroring_runs_one_pass(scene, model, case) -> None:
     """The panel's mirroring box reaches the engine: one segmentation pass, progress counting the windows once."""
     events: list[dict] = []
@@ -319,6 +349,19 @@ def test_cases_are_grouped_by_channel_index_or_name() -> None:
     ]:
         with pytest.raises(InputRefused, match=message.replace(".", r"\.")):
             group_cases([(n, n) for n in items], ["T1", "FLAIR"])
+
+
+def test_brats_file_names_group_by_channel_and_t1_is_not_t1ce() -> None:
+    """The default model's channels as BraTS names its files: `_t1` and `_t1ce` are different channels."""
+    brats = ["flair", "t1", "t1ce", "t2"]
+    names = ["BraTS_001_t1ce", "BraTS_001_t1", "BraTS_001_flair", "BraTS_001_t2", "BraTS_002_T1CE", "BraTS_002_t1",
+             "BraTS_002_FLAIR", "BraTS_002_t2"]  # fmt: skip
+    cases = group_cases([(n, n) for n in names], brats)
+    assert [c.name for c in cases] == ["BraTS_001", "BraTS_002"]
+    assert cases[0].sources == ["BraTS_001_flair", "BraTS_001_t1", "BraTS_001_t1ce", "BraTS_001_t2"]
+    assert cases[1].sources == ["BraTS_002_FLAIR", "BraTS_002_t1", "BraTS_002_T1CE", "BraTS_002_t2"]
+    with pytest.raises(InputRefused, match="Case 'BraTS_003' has no image for channel t1ce"):
+        group_cases([(n, n) for n in ("BraTS_003_flair", "BraTS_003_t1", "BraTS_003_t2")], brats)
 
 
 def test_unfamiliar_cases_are_explained_in_plain_words() -> None:

@@ -116,7 +116,6 @@ def import_segmentation(
     labelmap = read_labelmap(labelmap_path)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
     segmentation = node.GetSegmentation()
     ids = vtk.vtkStringArray()
     ids.SetNumberOfValues(max(int(lab["value"]) for lab in labels))
@@ -133,7 +132,17 @@ def import_segmentation(
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node, ids):
         raise EngineError(f"cannot import the engine's label map {labelmap_path}")
     place_beside(scene, node, reference)
+    set_reference_geometry(node, reference)
     return node
+
+
+def set_reference_geometry(node: slicer.vtkMRMLSegmentationNode, reference: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """The reference's grid as the segmentation's editing geometry; call it once both share a transform.
+
+    Slicer bakes the transform between the two nodes into the stored geometry, so set
+    before the segmentation joins the reference's transform, the transform would apply twice.
+    """
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
 
 
 def load_segmentation_file(
@@ -146,6 +155,6 @@ def load_segmentation_file(
     if not storage.ReadData(node):
         raise EngineError(f"cannot read the engine's segmentation {path}")
     node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
     place_beside(scene, node, reference)
+    set_reference_geometry(node, reference)
     return node
