@@ -78,7 +78,7 @@ def test_installs_pin_slicers_numpy_simpleitk_vtk_and_torch(tmp_path: Path) -> N
     assert f"numpy=={np.__version__}" in pins and f"SimpleITK=={sitk.Version.VersionString()}" in pins
     assert f"torch=={torch.__version__}" in pins and "vtk==9.6.2" in pins
     missing = dependencies.read_requirements(REQUIREMENTS)[:1]
-    assert dependencies.pip_arguments(missing, tmp_path / "c.txt") == [
+    assert dependencies.pip_arguments([missing[0].text], tmp_path / "c.txt") == [
         missing[0].text,
         "--constraint",
         str(tmp_path / "c.txt"),

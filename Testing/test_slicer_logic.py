@@ -122,6 +122,7 @@ def test_segment_end_to_end(scene, two_channel_model, case) -> None:
     assert result.segmentation.GetNodeReference(TABLE_ROLE) is table
     assert result.segmentation.GetNodeReference(CHART_ROLE) is result.gate_chart
     assert result.gate_chart.GetNthPlotSeriesNode(0).GetTableNode() is table
+    assert table.GetLocked()  # read-only in Slicer's table views
     rows = range(table.GetNumberOfRows())
     probabilities = [table.GetTable().GetValueByName(i, "probability").ToDouble() for i in rows]
     assert [table.GetCellText(i, 0) for i in rows] == model.site_names
@@ -318,7 +319,7 @@ def test_cohort_of_folder_files_and_a_scene_volume(scene, model, case, tmp_path:
     result = job.run(timeout=TIMEOUT)
     assert started == ["case B", "case C", "case A"]
     table = result.table
-    assert table.GetNumberOfRows() == 3
+    assert table.GetNumberOfRows() == 3 and table.GetLocked()  # results are read-only in table views
     header = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
     assert header == ["case", "status", "site", "familiar", "entropy", "p(alpha)", "p(beta)", "p(gamma)",
                       "lesion core (ml)", "perilesional edema (ml)"]  # fmt: skip

@@ -5,6 +5,7 @@ which does the MRML work and runs the engine (UHarmonyLib) in a separate PythonS
 process, so the GUI never freezes and a crash of the engine cannot take the scene.
 """
 
+import importlib.util
 import logging
 import pathlib
 import sys
@@ -26,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from UHarmonySlicerLib import dependencies
+from UHarmonySlicerLib import dependencies, install
 from UHarmonySlicerLib.addsite import Pair, TrainingCurve, add_site_job, export_dataset
 from UHarmonySlicerLib.cohort import cases_from_folder, cases_from_volumes, cohort_job, export_csv, scene_volumes
 from UHarmonySlicerLib.engine import DEVICES
@@ -303,13 +304,18 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------ jobs
 
     def startJob(self, makeJob, button, onDone, onCancel=None) -> bool:
-        """Check dependencies, create the job (refusals shown as one line), start it and poll it from a timer."""
-        if not self.logic.ensureDependencies():
-            return False
+        """Create the job (refusals shown as one line), then check dependencies, start it and poll it from a timer.
+
+        Inputs are checked first, so an invalid input never leads to an install prompt.
+        """
         try:
             job = makeJob()
         except InputRefused as e:
             slicer.util.errorDisplay(str(e), windowTitle=_("UHarmony"))
+            return False
+        if not self.logic.ensureDependencies():
+            if onCancel is not None:
+                onCancel()  # what makeJob put in the scene (the add-site curve) goes again
             return False
         self._job, self._jobButton, self._jobDone, self._jobCancelled = job, button, onDone, onCancel
         self.updateButtons()
@@ -412,12 +418,23 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------ add a site
 
     def buildPairColumns(self, model) -> None:
-        """Columns of the case table: one volume per model channel, then the segmentation."""
+        """Columns of the case table: one volume per model channel, then the segmentation.
+
+        The cases already entered stay when the channels stay (a refreshed model list, another
+        version of the same model); only a model with other channels starts an empty table.
+        """
         table = self.ui.pairsTableWidget
-        table.setRowCount(0)
         names = model.channel_names if model else []
-        table.setColumnCount(len(names) + 1)
-        table.setHorizontalHeaderLabels([*names, _("Segmentation")])
+        headers = [*names, _("Segmentation")]
+        shown = [
+            table.horizontalHeaderItem(c).text() if table.horizontalHeaderItem(c) else ""
+            for c in range(table.columnCount)
+        ]
+        if shown == headers:
+            return
+        table.setRowCount(0)
+        table.setColumnCount(len(headers))
+        table.setHorizontalHeaderLabels(headers)
         table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
 
     def addPairRow(self) -> None:
@@ -558,57 +575,55 @@ class UHarmonySlicerLogic(ScriptedLoadableModuleLogic):
     def requirementsPath() -> pathlib.Path:
         return pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
+    def ensureDependencies(self) -> bool:
         """Install PyTorch (through the PyTorch extension) and the rest on first use; False if not available.
 
-        Slicer's own numpy, SimpleITK and vtk (and the installed torch) are pinned with a
-        constraints file, so pip can add packages but never replace them.
+        The conversation's rules live in UHarmonySlicerLib.install (tested without Slicer);
+        this only hands it Slicer's calls. Slicer's own numpy, SimpleITK and vtk (and the
+        installed torch) are pinned with a constraints file, so pip can add packages but
+        never replace them.
         """
         requirements = dependencies.read_requirements(self.requirementsPath())
-        missing = dependencies.missing(requirements)
-        needTorch = dependencies.torch_missing()
-        if not missing and not needTorch:
-            return True
-        names = (["PyTorch " + dependencies.TORCH_REQUIREMENT] if needTorch else []) + [r.text for r in missing]
-        question = _(
-            "UHarmony needs these Python packages, which will now be downloaded and installed into Slicer "
-            "(this can take several minutes):\n\n{names}\n\nInstall them?"
-        ).format(names="\n".join(names))
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("UHarmony")):
-            return False
-        try:
-            with slicer.util.WaitCursor():
-                if needTorch:
-                    self.installTorch(askConfirmation)
-                if missing:
-                    constraints = pathlib.Path(tempfile.mkdtemp(prefix="uharmony-")) / "constraints.txt"
-                    constraints.write_text("\n".join(dependencies.protected_constraints()) + "\n", encoding="utf-8")
-                    slicer.util.pip_install(dependencies.pip_arguments(missing, constraints))
-        except Exception as e:  # any install failure: explain it and offer the restart that often fixes it
-            self.offerRestart(_("Installing the packages failed: {error}").format(error=e))
-            return False
-        if dependencies.missing(requirements) or dependencies.torch_missing():
-            self.offerRestart(_("The packages were installed but cannot be used until Slicer restarts."))
-            return False
-        return True
+        host = install.Host(
+            missing=lambda: [r.text for r in dependencies.missing(requirements)],
+            torch_missing=dependencies.torch_missing,
+            has_pytorch_extension=lambda: importlib.util.find_spec("PyTorchUtils") is not None,
+            confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle=_("UHarmony")),
+            install_pytorch_extension=self.installPyTorchExtension,
+            install_torch=self.installTorch,
+            pip_install=self.pipInstall,
+            offer_restart=self.offerRestart,
+            log=logging.info,
+            testing=slicer.app.testingEnabled(),
+        )
+        return install.ensure(host)
 
     @staticmethod
-    def installTorch(askConfirmation: bool) -> None:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(
-                _("the PyTorch extension is missing; install it from the Extensions Manager and restart Slicer")
-            ) from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=askConfirmation, torchVersionRequirement=dependencies.TORCH_REQUIREMENT
-        )
-        if torch is None:
-            raise RuntimeError(_("PyTorch was not installed"))
+    def installPyTorchExtension() -> bool:
+        manager = slicer.app.extensionsManagerModel()
+        with slicer.util.WaitCursor():
+            manager.updateExtensionsMetadataFromServer(True, True)
+            return bool(manager.downloadAndInstallExtensionByName("PyTorch", True, True))
+
+    @staticmethod
+    def installTorch() -> bool:
+        import PyTorchUtils
+
+        with slicer.util.WaitCursor():  # the user was asked once already: PyTorchUtils must not ask again
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=dependencies.TORCH_REQUIREMENT
+            )
+        return torch is not None
+
+    @staticmethod
+    def pipInstall(lines: list[str]) -> None:
+        constraints = pathlib.Path(tempfile.mkdtemp(prefix="uharmony-")) / "constraints.txt"
+        constraints.write_text("\n".join(dependencies.protected_constraints()) + "\n", encoding="utf-8")
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(dependencies.pip_arguments(lines, constraints))
 
     @staticmethod
     def offerRestart(message: str) -> None:
-        logging.error(message)
         if slicer.util.confirmYesNoDisplay(
             message + "\n\n" + _("Restart Slicer now? (Save your scene first if it has unsaved changes.)"),
             windowTitle=_("UHarmony"),
@@ -625,18 +640,23 @@ class UHarmonySlicerTest(ScriptedLoadableModuleTest):
     """The flows of Testing/test_slicer_logic.py, inside Slicer, with a tiny model made on the spot."""
 
     def setUp(self) -> None:
+        """Before every test: CTest's slicer_add_python_unittest runs each test_* alone after setUp."""
         slicer.mrmlScene.Clear()
+        self.assertTrue(UHarmonySlicerLogic().ensureDependencies(), "the engine's Python packages are not installed")
+        self.folder = pathlib.Path(tempfile.mkdtemp(prefix="uharmony-test-"))
 
     def runTest(self) -> None:
-        self.setUp()
-        self.assertTrue(UHarmonySlicerLogic().ensureDependencies(askConfirmation=False))
-        self.folder = pathlib.Path(tempfile.mkdtemp(prefix="uharmony-test-"))
-        self.test_panel_lists_the_bundled_models()
-        self.test_segment_then_gate()
-        self.test_refusal_adds_nothing()
-        self.test_cancel_leaves_the_scene_unchanged()
-        self.test_cohort_table_and_csv()
-        self.test_add_site_writes_a_new_version()
+        """Reload and Test: every test, each after its own setUp, as CTest runs them."""
+        for test in (
+            self.test_panel_lists_the_bundled_models,
+            self.test_segment_then_gate,
+            self.test_refusal_adds_nothing,
+            self.test_cancel_leaves_the_scene_unchanged,
+            self.test_cohort_table_and_csv,
+            self.test_add_site_writes_a_new_version,
+        ):
+            self.setUp()
+            test()
 
     # helpers: a tiny random model and brain-like volumes, nothing downloaded
 

@@ -218,6 +218,7 @@ def results_table(
     for array in columns:
         table.AddColumn(array)
     table.SetAttribute("UHarmony.model", f"{model.name} v{model.version}")
+    table.SetLocked(True)  # results: table views show them read-only
     return table
 
 

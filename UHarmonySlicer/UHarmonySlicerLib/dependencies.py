@@ -83,6 +83,6 @@ def protected_constraints() -> list[str]:
     return [f"{name}=={version}" for name in PROTECTED if (version := installed_version(name)) is not None]
 
 
-def pip_arguments(requirements: list[Requirement], constraints_file: Path) -> list[str]:
-    """Arguments for `pip install` (Slicer's `slicer.util.pip_install` takes this list)."""
-    return [*[r.text for r in requirements], "--constraint", str(constraints_file)]
+def pip_arguments(lines: list[str], constraints_file: Path) -> list[str]:
+    """Arguments for `pip install` of requirement lines (Slicer's `slicer.util.pip_install` takes this list)."""
+    return [*lines, "--constraint", str(constraints_file)]

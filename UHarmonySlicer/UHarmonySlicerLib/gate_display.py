@@ -46,6 +46,7 @@ def gate_table(scene: slicer.vtkMRMLScene, gate: dict[str, Any], name: str) -> s
     table.AddColumn(probabilities)
     for key in FIELDS:
         table.SetAttribute(ATTRIBUTE_PREFIX + key, json.dumps(gate.get(key)))
+    table.SetLocked(True)  # the model's output: table views show it read-only
     return table
 
 
