@@ -19,16 +19,20 @@ demo: $(STAMP)
 	$(BIN)/uharmony demo --out out/demo
 
 test: lint
-	$(BIN)/python -m pytest -q Testing
+	$(BIN)/python -m pytest -q --durations=15 Testing
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow" Testing
 
-# ruff and the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib)
+# ruff, the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib) and the
+# Python 3.9 check (vermin) of what Slicer runs
 lint: $(STAMP)
 	$(BIN)/ruff check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
 	$(BIN)/ruff format --check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
 	$(BIN)/mypy
+	# Slicer 5.8's Python is 3.9 (5.10's 3.12): the module and the engine it runs as PythonSlicer -m UHarmonyLib.
+	# `long` is torch's Tensor.long(), not Python 2's builtin.
+	$(BIN)/vermin -q -t=3.9- --no-tips --violations --exclude long UHarmonySlicer UHarmonyLib
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CLI = "uharmony.option"  # the dataclass field metadata key that holds the field's Option
-Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # where each command adds its parser
+Verbs = argparse._SubParsersAction  # where each command adds its parser (no TypeAlias: Slicer 5.8 runs Python 3.9)
 
 
 @dataclass(frozen=True)
