@@ -116,6 +116,10 @@ def _empty_dicom_folder(ind: Path, out: Path) -> Case:
     return Case([folder], out / "seg.nii.gz", "holds no DICOM series")
 
 
+def _mps_without_an_apple_gpu(ind: Path, out: Path) -> Case:
+    return Case([_blob(ind / "case.nrrd")], out / "seg.nrrd", "no Apple GPU (MPS) is available", ["--device", "mps"])
+
+
 CASES: dict[str, Callable[[Path, Path], Case]] = {
     "missing-file": _missing,
     "unreadable-file": _garbage,
@@ -132,6 +136,7 @@ CASES: dict[str, Callable[[Path, Path], Case]] = {
     "same-output-twice": _same_output_twice,
     "gate-json-suffix": _gate_json_suffix,
     "dicom-folder-without-series": _empty_dicom_folder,
+    "mps-without-an-apple-gpu": _mps_without_an_apple_gpu,  # this machine has none
 }
 
 

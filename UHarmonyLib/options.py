@@ -89,7 +89,7 @@ NO_MIRROR = Option(
     action="store_true",
     help="skip test-time mirroring (one pass instead of one per mirrored axis: faster, slightly less accurate)",
 )
-DEVICE = Option("--device", default="auto", choices=("auto", "cpu", "cuda"))
+DEVICE = Option("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 PRECISION = Option("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
 
 

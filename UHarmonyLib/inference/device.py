@@ -11,12 +11,15 @@ from UHarmonyLib.errors import InputError
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; Apple's MPS only when asked for (`mps`), as nnU-Net does."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: unknown device (use auto, cpu or cuda)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps: no Apple GPU (MPS) is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {name}: unknown device (use auto, cpu, cuda or mps)")
     return torch.device(name)
 
 
@@ -44,6 +47,8 @@ def resolve_precision(name: str, device: torch.device, backbone: str = "dynunet"
         raise InputError(f"--precision {name}: unknown precision (use auto, float32, bfloat16 or float16)")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float32  # no autocast on MPS for "auto": 3-D convolutions are safest in float32 there
     return torch.bfloat16 if cpu_has_bf16() and backbone not in CPU_FLOAT32_BACKBONES else torch.float32
 
 

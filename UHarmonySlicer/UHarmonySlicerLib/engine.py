@@ -29,7 +29,7 @@ from UHarmonySlicerLib.errors import EngineError
 
 Event = dict[str, Any]
 EventCallback = Callable[[Event], None]
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # the engine's --device choices (mps: Apple GPUs)
 
 
 def python_executable() -> str:
