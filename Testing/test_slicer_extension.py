@@ -100,7 +100,7 @@ print(info.usable, ",".join(info.channel_names), sys.modules["torch"] is not Non
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["True", "T1,T2,FLAIR", "False", "False"]
+    assert run.stdout.split() == ["True", "flair,t1,t1ce,t2", "False", "False"]
 
 
 def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
@@ -111,9 +111,9 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
     models = discover(default_folders(user))
     assert [m.path.name for m in models] == [DEFAULT_MODEL_NAME, "uharmony-starter-v1", "broken-v1"]
     default = models[0]
-    assert default.usable and default.channel_names == ["T1", "T2", "FLAIR"]
+    assert default.usable and default.channel_names == ["flair", "t1", "t1ce", "t2"]
     summary = default.summary()
-    for part in (default.title, "hospital-a, hospital-b", "T1 (MR), T2 (MR), FLAIR (MR)", "1 lesion core"):
+    for part in (default.title, "hospital-3t-3d, hospital-1.5t-2d", "flair (MR), t1 (MR), t1ce (MR)", "1 lesion core"):
         assert part in summary
     assert not models[2].usable and "not valid JSON" in models[2].problem
     assert "cannot be used" in models[2].summary() and "(unusable)" in models[2].display_name

@@ -8,7 +8,7 @@ from pathlib import Path
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 BUNDLED_MODELS = RESOURCES / "Models"
 SAMPLE_DATA = RESOURCES / "SampleData"
-DEFAULT_MODEL_NAME = "uharmony-default-v5"
+DEFAULT_MODEL_NAME = "uharmony-default-v6"
 
 
 def user_models_dir() -> Path:

@@ -102,7 +102,7 @@ def calibrate(args: argparse.Namespace, bundle: Bundle, seen: list[SiteSpec], na
         "false_positive_rate": FALSE_POSITIVE_RATE,
         "cases": len(distances),
         "data": f"development cases of the known sites (seed {seed})",
-        "command": "python benchmarks/default_model.py --calibrate",
+        "command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
     }
     if args.calibrate:
         set_familiar_distance(args.model, threshold, how)

@@ -2,7 +2,8 @@
 
 The sample is a one-case dataset in the project's own layout (dataset.json, imagesTr/,
 labelsTr/), so the demo reads it with the same reader as training data, ground truth
-included. Its site differs in appearance from every site of the `mixed` scenario.
+included. Its site is a fifth MR protocol (3 T, spoiled-gradient T1, long-TI FLAIR, 3 mm
+slices) that no bundled model and no benchmark site uses, with all four BraTS channels.
 
     .venv/bin/python scripts/make_sample_case.py [--seed 2026]
 """
@@ -19,21 +20,29 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from UHarmonyLib.data.datasets import write_dataset
+from UHarmonyLib.data.scenarios import PHYSICS_DEFAULTS
 from UHarmonyLib.data.spec import parse_spec
 from UHarmonyLib.resources import SAMPLE_DATA
 
 SPEC = {
     "name": "uharmony-sample",
-    "description": "One case of a held-out site (not in any bundled model's training data)",
+    "description": "One case of a held-out MR protocol (not in any bundled model's training data)",
+    "channel_naming": "brats",
+    "defaults": PHYSICS_DEFAULTS,
     "sites": [
         {
             "name": "held-out-clinic",
-            "gamma": 1.2,
-            "noise": 0.03,
+            "physics": {"field_strength": 3.0, "kspace": [0.85, 0.85, 1.0]},
+            "channels": {
+                "FLAIR": {"TR": 10000, "TE": 120, "TI": 2600},
+                "T1w": {"sequence": "spgr", "TR": 20, "TE": 4, "flip": 25},
+                "t1gd": {"sequence": "spgr", "TR": 20, "TE": 4, "flip": 25},
+                "T2w": {"TR": 5000, "TE": 100},
+            },
+            "spacing": [2.0, 2.0, 3.0],
+            "noise": 0.02,
             "bias": 0.15,
-            "scale": 800.0,
-            "offset": 10.0,
-            "blur": 0.5,
+            "scale": 1200.0,
             "cases": 1,
         }
     ],
