@@ -183,6 +183,35 @@ def test_a_transformed_input_is_transformed_once(scene, model) -> None:
     np.testing.assert_allclose(voxels, matrix_array(local), atol=1e-5)  # the labelmap: local grid, as the input
 
 
+def test_apply_again_updates_the_chosen_output_instead_of_adding_nodes(scene, model, case) -> None:
+    """A second run into the first run's segmentation replaces its segments and gate nodes; nothing piles up."""
+    first = segment_job(scene, model, [case], device="cpu", mirror=False).run(timeout=TIMEOUT)
+    old_gate = [first.gate_table, first.gate_chart, first.gate_map]
+    first.segmentation.GetSegmentation().RemoveSegment("Segment_2")  # an edit the next run replaces
+    nodes = scene.GetNumberOfNodes()
+    second = segment_job(scene, model, [case], device="cpu", mirror=False, output=first.segmentation).run(
+        timeout=TIMEOUT
+    )
+    assert second.segmentation is first.segmentation and scene.GetNumberOfNodes() == nodes
+    assert not any(scene.IsNodePresent(node) for node in old_gate)
+    assert second.segmentation.GetNodeReference(TABLE_ROLE) is second.gate_table
+    assert second.segmentation.GetNodeReference(MAP_ROLE) is second.gate_map
+    segments = second.segmentation.GetSegmentation()
+    assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == [
+        lab["name"] for lab in LABELS
+    ]
+    fresh = segment_job(scene, model, [case], device="cpu", mirror=False).run(timeout=TIMEOUT)
+    for lab in LABELS:
+        segment_id = f"Segment_{lab['value']}"
+        updated, matrix = segment_voxels(second.segmentation, segment_id)
+        expected, expected_matrix = segment_voxels(fresh.segmentation, segment_id)
+        assert (updated == expected).all() and np.allclose(matrix, expected_matrix)
+    np.testing.assert_allclose(reference_geometry(second.segmentation), reference_geometry(fresh.segmentation))
+    with pytest.raises(InputRefused):  # a refused run leaves the output as it was
+        segment_job(scene, model, [case, case], output=second.segmentation)
+    assert second.segmentation.GetSegmentation().GetNumberOfSegments() == len(LABELS)
+
+
 def test_unticked_mirroring_runs_one_pass(scene, model, case) -> None:
     """The panel's mirroring box reaches the engine: one segmentation pass, progress counting the windows once."""
     events: list[dict] = []

@@ -90,6 +90,7 @@ class UHarmonySlicerParameterNode:
     site: str = "auto"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     mirror: bool = True
+    outputSegmentation: vtkMRMLSegmentationNode  # None: Apply adds a new one (then chooses it)
     gateSegmentation: vtkMRMLSegmentationNode
     showGateMap: bool = False
     newSiteName: str
@@ -368,7 +369,8 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def makeJob():
             volumes = [c.currentNode() for c in self._channelCombos]
             return segment_job(slicer.mrmlScene, self.currentModel(), volumes, site=p.site, device=p.device,
-                               mirror=p.mirror, on_event=self.onSegmentEvent)  # fmt: skip
+                               mirror=p.mirror, on_event=self.onSegmentEvent,
+                               output=p.outputSegmentation)  # fmt: skip
 
         if self.startJob(makeJob, self.ui.applyButton, self.onSegmentDone):
             self.ui.statusLabel.text = _("Running...")
@@ -381,6 +383,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chosen = gate["chosen"] if not gate.get("site_given") else _("{site} (given)").format(site=gate["chosen"])
         volumes = ", ".join(f"{name} {ml:.2f} ml" for name, ml in result.volumes_ml.items())
         self.ui.statusLabel.text = _("Done: site {site}; {volumes}.").format(site=chosen, volumes=volumes)
+        self._parameterNode.outputSegmentation = result.segmentation  # the next Apply updates it
         self._parameterNode.gateSegmentation = result.segmentation  # the gate panel follows
         if result.warning:
             slicer.util.warningDisplay(result.warning, windowTitle=_("UHarmony: unfamiliar case"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,15 @@ from UHarmonyLib.files.volumes import ABSENT  # the engine's marker of an absent
 from UHarmonyLib.options import to_argv
 from UHarmonySlicerLib.engine import EventCallback, Job, Outcome, Steps, engine_command
 from UHarmonySlicerLib.errors import InputRefused
-from UHarmonySlicerLib.gate_display import gate_chart, gate_table, link, unfamiliar_message
+from UHarmonySlicerLib.gate_display import (
+    CHART_ROLE,
+    MAP_ROLE,
+    TABLE_ROLE,
+    gate_chart,
+    gate_table,
+    link,
+    unfamiliar_message,
+)
 from UHarmonySlicerLib.models import ModelInfo
 from UHarmonySlicerLib.scene import all_or_nothing, place_beside
 from UHarmonySlicerLib.volumes import (
@@ -23,6 +31,7 @@ from UHarmonySlicerLib.volumes import (
     first_present,
     import_segmentation,
     load_segmentation_file,
+    set_reference_geometry,
 )
 
 
@@ -80,12 +89,14 @@ def segment_job(
     name: str = "",
     on_event: EventCallback | None = None,
     mirror: bool = True,
+    output: slicer.vtkMRMLSegmentationNode | None = None,
 ) -> Job:
     """A job that segments one case; refused inputs raise `InputRefused` here, before it starts.
 
     A channel given as None is absent (zeros, as in training); results lie on the
     first given volume's grid. The gate map (the most likely site per region) needs the gate, so it is only made
-    when the site is left to the gate.
+    when the site is left to the gate. With `output`, that segmentation is updated in place (its segments and
+    gate nodes replaced) instead of a new one being added, as Slicer's AI modules do on a repeated Apply.
     """
     check_model(model, site)
     check_channels(volumes, model.channel_names)
@@ -98,7 +109,8 @@ def segment_job(
         map_path = temp / "gate_map.seg.nrrd" if gate_map and site == "auto" else None
         args = segment_arguments(model, inputs, labels, site, device, mirror, map_path)
         outcome: Outcome = yield engine_command("segment", *args)
-        return import_results(scene, model, reference, outcome.result or {}, labels, map_path, name)
+        result = import_results(scene, model, reference, outcome.result or {}, labels, map_path, name)
+        return result if output is None else replace_output(scene, result, output, reference)
 
     return Job(steps, on_event, device)
 
@@ -137,3 +149,44 @@ def import_results(
         warning=unfamiliar_message(gate),
         payload=payload,
     )
+
+
+def replace_output(
+    scene: slicer.vtkMRMLScene,
+    result: SegmentResult,
+    output: slicer.vtkMRMLSegmentationNode,
+    reference: slicer.vtkMRMLScalarVolumeNode,
+) -> SegmentResult:
+    """Move a finished run's segments into `output` and drop the gate nodes of its previous run.
+
+    Runs only once every new node exists, so a failed or cancelled run leaves `output` as it was.
+    """
+    fresh = result.segmentation
+    old = [output.GetNodeReference(role) for role in (TABLE_ROLE, CHART_ROLE, MAP_ROLE)]
+    if old[1] is not None:
+        old += [old[1].GetNthPlotSeriesNode(i) for i in range(old[1].GetNumberOfPlotSeriesNodes())]
+    place_beside(scene, output, reference)
+    output.GetSegmentation().DeepCopy(fresh.GetSegmentation())
+    set_reference_geometry(output, reference)
+    output.CreateDefaultDisplayNodes()
+    for key in ("UHarmony.model", "UHarmony.modelPath"):
+        output.SetAttribute(key, fresh.GetAttribute(key))
+    output.RemoveNodeReferenceIDs(MAP_ROLE)
+    link(output, result.gate_table, result.gate_chart, result.gate_map)
+    for node in [fresh, *old]:
+        if node is not None and scene.IsNodePresent(node):
+            remove_with_display(scene, node)
+    return replace(result, segmentation=output)
+
+
+def remove_with_display(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode) -> None:
+    """Remove a node and its display and storage nodes (removing a node alone leaves them behind)."""
+    extra = []
+    if isinstance(node, slicer.vtkMRMLDisplayableNode):
+        extra += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if isinstance(node, slicer.vtkMRMLStorableNode):
+        extra.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for other in extra:
+        if other is not None and scene.IsNodePresent(other):
+            scene.RemoveNode(other)
