@@ -39,7 +39,7 @@ from UHarmonySlicerLib.gate_display import (
     unfamiliar_message,
 )
 from UHarmonySlicerLib.models import ModelInfo, discover, read_model
-from UHarmonySlicerLib.scene import study_item
+from UHarmonySlicerLib.scene import show_in_3d, source_volume, study_item
 from UHarmonySlicerLib.segment import segment_job
 from vtk.util import numpy_support
 
@@ -143,6 +143,16 @@ def test_segment_end_to_end(scene, two_channel_model, case) -> None:
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     for node in (result.segmentation, table, result.gate_chart, overlay):
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+    # one click to the Segment Editor finds the input, and the result can be shown as surfaces in 3D
+    assert source_volume(result.segmentation) is case and source_volume(overlay) is case
+    closed = "Closed surface"
+    assert not result.segmentation.GetSegmentation().ContainsRepresentation(closed)
+    show_in_3d(result.segmentation, True)
+    assert result.segmentation.GetSegmentation().ContainsRepresentation(closed)
+    assert result.segmentation.GetDisplayNode().GetVisibility3D()
+    show_in_3d(result.segmentation, False)
+    assert not result.segmentation.GetSegmentation().ContainsRepresentation(closed)
 
     # progress followed the real window counts of both passes
     progress = [e for e in events if e["event"] == "progress"]

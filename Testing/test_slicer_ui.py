@@ -122,7 +122,7 @@ def test_parameter_names_match_wrapper_fields_and_connectors(xml: ET.Element, lo
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[widget.get("name")] = (widget.get("class"), prop.findtext("string"))
-    assert len(bound) == 11
+    assert len(bound) == 12
     for name, (cls, field) in bound.items():
         assert field in fields, f"{name}: SlicerParameterName {field!r} is no field of the parameter node"
         assert ANNOTATION_BY_CLASS[cls](fields[field]), f"connectGui cannot bind {cls} {name} to {fields[field]}"

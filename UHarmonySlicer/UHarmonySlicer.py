@@ -41,6 +41,7 @@ from UHarmonySlicerLib.gate_display import (
     unfamiliar_message,
 )
 from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, read_model, user_models_dir
+from UHarmonySlicerLib.scene import show_in_3d, source_volume
 from UHarmonySlicerLib.segment import segment_job
 
 COHORT_SOURCES = ["folder", "scene volumes"]
@@ -91,6 +92,7 @@ class UHarmonySlicerParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     mirror: bool = True
     outputSegmentation: vtkMRMLSegmentationNode  # None: Apply adds a new one (then chooses it)
+    show3D: bool = False
     gateSegmentation: vtkMRMLSegmentationNode
     showGateMap: bool = False
     newSiteName: str
@@ -142,6 +144,8 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.userModelsPathLineEdit.currentPathChanged.connect(lambda _path: self.refreshModels())
         self.ui.siteComboBox.currentIndexChanged.connect(self.onSiteChanged)
         self.ui.applyButton.clicked.connect(self.onApply)
+        self.ui.show3DCheckBox.toggled.connect(self.onShow3D)
+        self.ui.editButton.clicked.connect(self.onEdit)
         self.ui.gateSegmentationSelector.currentNodeChanged.connect(self.updateGatePanel)
         self.ui.showGateChartButton.clicked.connect(self.onShowGateChart)
         self.ui.gateMapCheckBox.toggled.connect(self.onShowGateMap)
@@ -301,6 +305,8 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 running = button is self._jobButton
                 button.text, button.enabled = (_("Cancel") if running else text), running
+        output = self._parameterNode.outputSegmentation if self._parameterNode else None
+        self.ui.editButton.enabled = self._job is None and output is not None
 
     # ------------------------------------------------------------ jobs
 
@@ -385,8 +391,27 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Done: site {site}; {volumes}.").format(site=chosen, volumes=volumes)
         self._parameterNode.outputSegmentation = result.segmentation  # the next Apply updates it
         self._parameterNode.gateSegmentation = result.segmentation  # the gate panel follows
+        if self._parameterNode.show3D:
+            show_in_3d(result.segmentation, True)
         if result.warning:
             slicer.util.warningDisplay(result.warning, windowTitle=_("UHarmony: unfamiliar case"))
+
+    def onShow3D(self, visible: bool) -> None:
+        output = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if output is not None:
+            show_in_3d(output, visible)
+
+    def onEdit(self) -> None:
+        """The output in the Segment Editor, its source volume the input it was made from."""
+        output = self._parameterNode.outputSegmentation
+        if output is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(output)
+        volume = source_volume(output)
+        if volume is not None:
+            editor.setSourceVolumeNode(volume)
 
     # ------------------------------------------------------------ gate
 

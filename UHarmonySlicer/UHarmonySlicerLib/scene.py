@@ -61,3 +61,23 @@ def study_item(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode) -> int:
         return sh.GetSceneItemID()
     study_level = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
     return sh.GetItemAncestorAtLevel(item, study_level) or sh.GetItemParent(item)
+
+
+REFERENCE_ROLE = "referenceImageGeometryRef"  # Slicer's role for the volume whose grid a segmentation follows
+
+
+def source_volume(segmentation: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLScalarVolumeNode | None:
+    """The input volume a result was made on: what the Segment Editor should edit it against."""
+    node = segmentation.GetNodeReference(REFERENCE_ROLE)
+    return node if isinstance(node, slicer.vtkMRMLScalarVolumeNode) else None
+
+
+def show_in_3d(segmentation: slicer.vtkMRMLSegmentationNode, visible: bool) -> None:
+    """Show the segments as surfaces in the 3D view, or drop the surfaces (they cost memory and time)."""
+    if visible:
+        segmentation.CreateClosedSurfaceRepresentation()
+        display = segmentation.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility3D(True)
+    else:
+        segmentation.RemoveClosedSurfaceRepresentation()
