@@ -41,6 +41,7 @@ from UHarmonySlicerLib.gate_display import (
     unfamiliar_message,
 )
 from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, read_model, user_models_dir
+from UHarmonySlicerLib.sample_data import bundled_sample
 from UHarmonySlicerLib.scene import show_in_3d, source_volume
 from UHarmonySlicerLib.segment import segment_job
 
@@ -73,6 +74,23 @@ class UHarmonySlicer(ScriptedLoadableModule):
             "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
             "Institute, McGill University."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The bundled sample case in the Sample Data module (category UHarmony), once Slicer has started."""
+    import SampleData
+
+    source = bundled_sample()
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=source.category,
+        sampleName=source.name,
+        uris=source.uris,
+        fileNames=source.file_names,
+        nodeNames=source.node_names,
+        checksums=source.checksums,
+        loadFileType=source.load_file_types,
+    )
 
 
 #
