@@ -73,13 +73,24 @@ class ModelInfo:
             return f"This bundle cannot be used: {self.problem}"
         channels = ", ".join(f"{c['name']} ({c.get('modality', '?')})" for c in self.channels)
         labels = ", ".join(f"{lab['value']} {lab['name']}" for lab in self.labels)
+        description = str(self.card.get("description", "")).split(". ")[0].rstrip(".")
+        spacing = self.card.get("preprocessing", {}).get("spacing", [])
+        patch = self.card.get("inference", {}).get("patch_size", [])
+        metrics = self.card.get("metrics", {})
         lines = [
             self.title,
             f"Version: {self.name} v{self.version}",
+            *([f"About: {description}."] if description else []),
             f"Sites: {', '.join(self.site_names)}",
             f"Channels: {channels}",
             f"Labels: {labels}",
+            f"Grid: {' x '.join(f'{s:g}' for s in spacing)} mm; windows of {' x '.join(map(str, patch))} voxels",
         ]
+        if metrics.get("mean_dice_whole_lesion") is not None:
+            lines.append(
+                f"Checked when trained: whole-lesion Dice {metrics['mean_dice_whole_lesion']:.3f} on "
+                f"{metrics.get('validation_cases', '?')} held-out cases, gate accuracy {metrics.get('gate_accuracy')}"
+            )
         return "\n".join(lines)
 
 
