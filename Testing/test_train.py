@@ -89,6 +89,10 @@ def test_loss_goes_down_and_card_records_the_run(trained: Path, easy: Path) -> N
     assert (card["name"], card["version"]) == ("easy-model", 2)
     assert card["channels"] == [{"name": "FLAIR", "modality": "MR"}]
     assert [(lab["value"], lab["name"]) for lab in card["labels"]] == [(1, "lesion core"), (2, "edema")]
+    # SNOMED CT codes in Slicer's terminology format: Neoplasm and Edema, both Morphologically Altered Structure
+    codes = [lab["terminology"].split("~")[1:3] for lab in card["labels"]]
+    assert codes == [["SCT^49755003^Morphologically Altered Structure", "SCT^108369006^Neoplasm"],
+                     ["SCT^49755003^Morphologically Altered Structure", "SCT^79654002^Edema"]]  # fmt: skip
     assert card["preprocessing"] == PREP
     assert card["inference"]["patch_size"] == [32, 32, 32] and card["inference"]["overlap"] == 0.5
     (site,) = card["sites"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
-from UHarmonyLib.data.labels import KNOWN_COLORS
+from UHarmonyLib.data.labels import KNOWN_COLORS, KNOWN_TERMINOLOGY
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
 
@@ -195,7 +195,12 @@ class _Spaces:
 
     def labels(self) -> list[dict[str, Any]]:
         return [
-            {"value": k + 1, "name": n, "color": self.colors.get(n) or KNOWN_COLORS.get(n) or PALETTE[k % len(PALETTE)]}
+            {
+                "value": k + 1,
+                "name": n,
+                "color": self.colors.get(n) or KNOWN_COLORS.get(n) or PALETTE[k % len(PALETTE)],
+                **({"terminology": KNOWN_TERMINOLOGY[n]} if n in KNOWN_TERMINOLOGY else {}),
+            }
             for k, n in enumerate(self.union)
         ]
 
