@@ -122,7 +122,7 @@ def test_parameter_names_match_wrapper_fields_and_connectors(xml: ET.Element, lo
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[widget.get("name")] = (widget.get("class"), prop.findtext("string"))
-    assert len(bound) == 12
+    assert len(bound) == 10
     for name, (cls, field) in bound.items():
         assert field in fields, f"{name}: SlicerParameterName {field!r} is no field of the parameter node"
         assert ANNOTATION_BY_CLASS[cls](fields[field]), f"connectGui cannot bind {cls} {name} to {fields[field]}"
@@ -138,3 +138,16 @@ def test_custom_widgets_are_declared_with_their_base(xml: ET.Element) -> None:
     assert all(hasattr(QtWidgets, base) for base in bases.values())
     used = set(widget_classes(xml).values())
     assert {cls for cls in used if not hasattr(QtWidgets, cls)} == set(bases)
+
+
+def test_optional_path_fields_are_not_bound_as_paths(xml: ET.Element) -> None:
+    """An unset pathlib.Path reads "." and a ctkPathLineEdit bound to it shows "." (issue 19, item 7): the optional
+    cohort folders are plain strings, empty when unset, and their path fields are bound by the widget's code."""
+    fields = wrapper_fields()
+    assert fields["cohortFolder"] == fields["cohortOutputFolder"] == "str"
+    bound = {p.findtext("string") for p in xml.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert not {"cohortFolder", "cohortOutputFolder"} & bound
+    source = SOURCE.read_text(encoding="utf-8")
+    assert 'cohortFolder: str = ""' in source and 'cohortOutputFolder: str = ""' in source
+    for edit in ("cohortFolderPathLineEdit", "cohortOutputPathLineEdit"):
+        assert f"self.ui.{edit}" in source

@@ -116,8 +116,9 @@ class UHarmonySlicerParameterNode:
     newSiteName: str
     addSiteSteps: Annotated[int, WithinRange(1, 10000)] = 150
     cohortSource: Annotated[str, Choice(COHORT_SOURCES)] = "folder"
-    cohortFolder: pathlib.Path
-    cohortOutputFolder: pathlib.Path
+    # str, not pathlib.Path: an unset Path reads "." and shows as "." (the path fields are bound by hand below)
+    cohortFolder: str = ""
+    cohortOutputFolder: str = ""
     cohortTable: vtkMRMLTableNode
 
 
@@ -160,6 +161,9 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.refreshModelsButton.clicked.connect(lambda: self.refreshModels())
         self.ui.userModelsPathLineEdit.currentPathChanged.connect(lambda _path: self.refreshModels())
+        cohortFolder, cohortOutput = self.ui.cohortFolderPathLineEdit, self.ui.cohortOutputPathLineEdit
+        cohortFolder.currentPathChanged.connect(lambda path: self.setCohortPath("cohortFolder", path))
+        cohortOutput.currentPathChanged.connect(lambda path: self.setCohortPath("cohortOutputFolder", path))
         self.ui.siteComboBox.currentIndexChanged.connect(self.onSiteChanged)
         self.ui.applyButton.clicked.connect(self.onApply)
         self.ui.show3DCheckBox.toggled.connect(self.onShow3D)
@@ -220,6 +224,8 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.ui.cohortFolderPathLineEdit.currentPath = self._parameterNode.cohortFolder
+            self.ui.cohortOutputPathLineEdit.currentPath = self._parameterNode.cohortOutputFolder
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
 
@@ -558,6 +564,10 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------ cohort
 
+    def setCohortPath(self, field: str, path: str) -> None:
+        if self._parameterNode is not None:
+            setattr(self._parameterNode, field, path.strip())
+
     def onCohort(self) -> None:
         if self._job is not None:
             self.cancelJob()
@@ -567,12 +577,12 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def makeJob():
             model = self.currentModel()
             if p.cohortSource == "folder":
-                if not str(p.cohortFolder).strip(". "):
+                if not p.cohortFolder:
                     raise InputRefused(_("Choose the folder of the cases."))
-                cases = cases_from_folder(p.cohortFolder, model.channel_names)
+                cases = cases_from_folder(pathlib.Path(p.cohortFolder), model.channel_names)
             else:
                 cases = cases_from_volumes(scene_volumes(slicer.mrmlScene), model.channel_names)
-            output = p.cohortOutputFolder if str(p.cohortOutputFolder).strip(". ") else None
+            output = pathlib.Path(p.cohortOutputFolder) if p.cohortOutputFolder else None
             return cohort_job(slicer.mrmlScene, model, cases, site=p.site, device=p.device, output_folder=output,
                               mirror=p.mirror, on_event=self.onCohortEvent)  # fmt: skip
 
