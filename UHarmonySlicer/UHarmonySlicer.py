@@ -40,6 +40,7 @@ from UHarmonySlicerLib.gate_display import (
     show_gate_map,
     unfamiliar_message,
 )
+from UHarmonySlicerLib.job_buttons import JobButtons
 from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, read_model, user_models_dir
 from UHarmonySlicerLib.sample_data import bundled_sample
 from UHarmonySlicerLib.scene import show_in_3d, source_volume
@@ -138,10 +139,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._models: list[ModelInfo] = []
         self._channelCombos: list = []
-        self._job = None
-        self._jobButton = None
-        self._jobDone = None
-        self._jobCancelled = None
+        self.jobs = None
         self._curve = None
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -154,6 +152,18 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = UHarmonySlicerLogic()
+        self.jobs = JobButtons(
+            [
+                (self.ui.applyButton, _("Apply")),
+                (self.ui.addSiteButton, _("Train new site")),
+                (self.ui.cohortRunButton, _("Segment all cases")),
+            ],
+            cancel_text=_("Cancel"),
+            ensure_dependencies=self.logic.ensureDependencies,
+            show_error=lambda message: slicer.util.errorDisplay(message, windowTitle=_("UHarmony")),
+            log=self.log,
+            cancelled_message=_("Cancelled; the scene was left as it was."),
+        )
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -183,7 +193,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        if self._job is not None:
+        if self.jobs.running:
             self.cancelJob()
         self.removeObservers()
 
@@ -203,7 +213,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:
+        if self.jobs.running:
             self.cancelJob()
         self.setParameterNode(None)
 
@@ -315,65 +325,35 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.site = self.ui.siteComboBox.currentData or "auto"
 
     def updateButtons(self, *_args) -> None:
-        """Enable what can run now; the running job's button reads Cancel, the others wait."""
+        """Enable what can run now (JobButtons: the running job's button reads Cancel, the others wait)."""
         model = self.currentModel()
-        ready = model is not None and model.usable
-        buttons = {
-            self.ui.applyButton: (_("Apply"), ready and any(c.currentNode() for c in self._channelCombos)),
-            self.ui.addSiteButton: (_("Train new site"), ready and self.ui.pairsTableWidget.rowCount > 0),
-            self.ui.cohortRunButton: (_("Segment all cases"), ready),
-        }
-        for button, (text, enabled) in buttons.items():
-            if self._job is None:
-                button.text, button.enabled = text, enabled
-            else:
-                running = button is self._jobButton
-                button.text, button.enabled = (_("Cancel") if running else text), running
+        usable = model is not None and model.usable
+        self.jobs.update(
+            [
+                usable and any(c.currentNode() for c in self._channelCombos),
+                usable and self.ui.pairsTableWidget.rowCount > 0,
+                usable,
+            ]
+        )
         output = self._parameterNode.outputSegmentation if self._parameterNode else None
-        self.ui.editButton.enabled = self._job is None and output is not None
+        self.ui.editButton.enabled = not self.jobs.running and output is not None
 
     # ------------------------------------------------------------ jobs
 
     def startJob(self, makeJob, button, onDone, onCancel=None) -> bool:
-        """Create the job (refusals shown as one line), then check dependencies, start it and poll it from a timer.
-
-        Inputs are checked first, so an invalid input never leads to an install prompt.
-        """
-        try:
-            job = makeJob()
-        except InputRefused as e:
-            slicer.util.errorDisplay(str(e), windowTitle=_("UHarmony"))
-            return False
-        if not self.logic.ensureDependencies():
-            if onCancel is not None:
-                onCancel()  # what makeJob put in the scene (the add-site curve) goes again
-            return False
-        self._job, self._jobButton, self._jobDone, self._jobCancelled = job, button, onDone, onCancel
-        self.updateButtons()
-        job.start()
-        self._timer.start()
-        return True
+        """Start a job from `button` (rules in UHarmonySlicerLib.job_buttons) and poll it from a timer."""
+        started = self.jobs.start(button, makeJob, onDone, onCancel)
+        if started:
+            self._timer.start()
+        return started
 
     def onTimer(self) -> None:
-        if self._job is None or not self._job.poll():
-            return
-        self._timer.stop()
-        job, onDone, onCancel = self._job, self._jobDone, self._jobCancelled
-        self._job = self._jobButton = self._jobDone = self._jobCancelled = None
-        self.updateButtons()
-        if job.cancelled:
-            if onCancel is not None:
-                onCancel()
-            self.log(_("Cancelled; the scene was left as it was."))
-        elif job.error is not None:
-            self.log(str(job.error))
-            slicer.util.errorDisplay(str(job.error), windowTitle=_("UHarmony"))
-        else:
-            onDone(job.result)
+        if self.jobs.poll():
+            self._timer.stop()
 
     def cancelJob(self) -> None:
-        self._job.cancel()
-        self.onTimer()
+        self.jobs.cancel()
+        self._timer.stop()
 
     def log(self, message: str) -> None:
         self.ui.logTextEdit.appendPlainText(message)
@@ -391,7 +371,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------ segment
 
     def onApply(self) -> None:
-        if self._job is not None:
+        if self.jobs.running:
             self.cancelJob()
             return
         p = self._parameterNode
@@ -518,7 +498,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ]
 
     def onAddSite(self) -> None:
-        if self._job is not None:
+        if self.jobs.running:
             self.cancelJob()
             return
         p = self._parameterNode
@@ -569,7 +549,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setattr(self._parameterNode, field, path.strip())
 
     def onCohort(self) -> None:
-        if self._job is not None:
+        if self.jobs.running:
             self.cancelJob()
             return
         p = self._parameterNode
