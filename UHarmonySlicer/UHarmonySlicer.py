@@ -193,7 +193,7 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        if self.jobs.running:
+        if self.jobs is not None and self.jobs.running:
             self.cancelJob()
         self.removeObservers()
 
@@ -631,6 +631,14 @@ class UHarmonySlicerLogic(ScriptedLoadableModuleLogic):
             offer_restart=self.offerRestart,
             log=logging.info,
             testing=slicer.app.testingEnabled(),
+            ask_packages=lambda names: _(
+                "UHarmony needs these Python packages, which will now be downloaded and installed into Slicer "
+                "(this can take several minutes):\n\n{names}\n\nInstall them?"
+            ).format(names="\n".join(names)),
+            extension_question=_(
+                "UHarmony needs the PyTorch extension, which installs PyTorch for this computer's GPU or CPU. "
+                "Install it from the Extensions Manager now? Slicer must restart afterwards."
+            ),
         )
         return install.ensure(host)
 

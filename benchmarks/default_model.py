@@ -87,16 +87,17 @@ def held_out_cases(
     return tests
 
 
-def gated_record(bundle: Bundle, case: EvalCase, mirror: bool = True) -> dict[str, Any]:
+def gated_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
     """One case through the engine as users run it (gate deciding, mirroring on): its protocol record."""
-    return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images, mirror=mirror), given=False)
+    return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images), given=False)
 
 
 def calibrate(args: argparse.Namespace, bundle: Bundle, seen: list[SiteSpec], naming: str) -> dict[str, Any]:
     """The flag's threshold from development cases of the known sites; written into the card with --calibrate."""
     seed = PROTOCOL.development_seeds[-1]
     cases = held_out_cases(bundle, seen, naming, CALIBRATION_CASES_PER_SITE, args.spacing, seed).cases
-    distances = [gated_record(bundle, case, mirror=False)["distance"] for case in cases]  # the gate ignores mirroring
+    # only the gate's distance is needed: no mirrored passes, no scoring
+    distances = [segment_volumes(bundle, case.images, mirror=False).gate.distance for case in cases]
     threshold = threshold_at(distances, FALSE_POSITIVE_RATE)
     how = {
         "false_positive_rate": FALSE_POSITIVE_RATE,

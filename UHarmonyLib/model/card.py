@@ -81,7 +81,7 @@ def set_familiar_distance(path: Path, threshold: float, calibration: dict[str, A
 
     Why a rewrite and not a new version: the weights, bank and everything a case's
     segmentation depends on stay byte-identical; only when the warning shows changes.
-    The card keeps its checksum, so the bundle still verifies; the write is atomic.
+    The card's own checksum is recomputed, so the bundle still verifies; the write is atomic.
     """
     path = Path(path)
     card = read_card(path)

@@ -16,6 +16,19 @@ from dataclasses import dataclass
 from UHarmonySlicerLib import dependencies
 
 
+def packages_question(names: list[str]) -> str:
+    return (
+        "UHarmony needs these Python packages, which will now be downloaded and installed into Slicer "
+        "(this can take several minutes):\n\n" + "\n".join(names) + "\n\nInstall them?"
+    )
+
+
+EXTENSION_QUESTION = (
+    "UHarmony needs the PyTorch extension, which installs PyTorch for this computer's GPU or CPU. "
+    "Install it from the Extensions Manager now? Slicer must restart afterwards."
+)
+
+
 @dataclass
 class Host:
     """What Slicer offers for installing, one callable each."""
@@ -30,19 +43,8 @@ class Host:
     offer_restart: Callable[[str], None]  # a restart question (Slicer restarts on yes)
     log: Callable[[str], None]
     testing: bool = False  # CTest: no question, no restart
-
-
-def packages_question(names: list[str]) -> str:
-    return (
-        "UHarmony needs these Python packages, which will now be downloaded and installed into Slicer "
-        "(this can take several minutes):\n\n" + "\n".join(names) + "\n\nInstall them?"
-    )
-
-
-EXTENSION_QUESTION = (
-    "UHarmony needs the PyTorch extension, which installs PyTorch for this computer's GPU or CPU. "
-    "Install it from the Extensions Manager now? Slicer must restart afterwards."
-)
+    ask_packages: Callable[[list[str]], str] = packages_question  # the panel passes its translated wording
+    extension_question: str = EXTENSION_QUESTION
 
 
 def _stop(host: Host, message: str) -> bool:
@@ -62,11 +64,11 @@ def ensure(host: Host) -> bool:
         if host.testing:
             host.log("The PyTorch extension is missing; install it from the Extensions Manager.")
             return False
-        if host.confirm(EXTENSION_QUESTION) and host.install_pytorch_extension():
+        if host.confirm(host.extension_question) and host.install_pytorch_extension():
             host.offer_restart("The PyTorch extension was installed; restart Slicer to use UHarmony.")
         return False
     names = (["PyTorch " + dependencies.TORCH_REQUIREMENT] if need_torch else []) + missing
-    if not host.testing and not host.confirm(packages_question(names)):
+    if not host.testing and not host.confirm(host.ask_packages(names)):
         return False
     try:
         if need_torch and not host.install_torch():
