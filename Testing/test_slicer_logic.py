@@ -41,9 +41,11 @@ from UHarmonySlicerLib.gate_display import (
 from UHarmonySlicerLib.models import ModelInfo, discover, read_model
 from UHarmonySlicerLib.scene import show_in_3d, source_volume, study_item
 from UHarmonySlicerLib.segment import segment_job
+from UHarmonySlicerLib.volumes import import_segmentation
 from vtk.util import numpy_support
 
 from UHarmonyLib.model.weights import make_card, save_bundle
+from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 from UHarmonyLib.training import TrainConfig, train
 
 TIMEOUT = 240
@@ -416,3 +418,23 @@ def test_unfamiliar_cases_are_explained_in_plain_words() -> None:
     assert " and the model cannot tell" in both
     assert unfamiliar_message({**base, "familiar": True, "entropy": 0.1}) == ""
     assert unfamiliar_message({**base, "site_given": True, "entropy": 1.0}) == ""
+
+
+def test_segments_carry_the_bundled_models_snomed_codes_into_saved_files(scene, tmp_path: Path) -> None:
+    """The default card's terminology becomes each segment's entry, which a saved .seg.nrrd (and DICOM SEG export,
+    which reads the same entry) carries: lesion core as Neoplasm, edema as Edema."""
+    labels = read_model(BUNDLED_MODELS / DEFAULT_MODEL_NAME).labels
+    truth = BUNDLED_MODELS.parent / "SampleData" / "labelsTr" / "held-out-clinic_000.nii.gz"
+    image = sitk.ReadImage(str(truth))
+    reference = volume_node(scene, sitk.GetArrayFromImage(image).astype(np.float32), "sample",
+                            image.GetSpacing(), image.GetOrigin(), image.GetDirection())  # fmt: skip
+    node = import_segmentation(scene, truth, labels, reference, "sample segmentation")
+    segmentation = node.GetSegmentation()
+    for label in labels:
+        segment = segmentation.GetSegment(f"Segment_{label['value']}")
+        assert segment.GetName() == label["name"] and segment.GetTerminology() == label["terminology"]
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "sample.seg.nrrd"))
+    assert storage.WriteData(node)
+    header = (tmp_path / "sample.seg.nrrd").read_bytes()[:8192].decode("latin-1")
+    assert "SCT^108369006^Neoplasm" in header and "SCT^79654002^Edema" in header

@@ -356,6 +356,22 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
     return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
 
 
+def render_case_time(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/case_time.py: seconds per case per device, with and without test-time mirroring."""
+    body = [
+        [r["device"], "on" if r["mirror"] else "off", r["passes"], f"{r['seconds']:.2f}", f"{r['wall_seconds']:.2f}"]
+        for r in doc.get("rows", [])
+    ]
+    out = table(["device", "mirroring", "passes", "engine s (median)", "wall s incl. process start"], body)
+    machine = doc.get("machine", {})
+    out += [
+        "",
+        f"Model {doc.get('model')}; case: {doc.get('case')}; {doc.get('repeats')} runs each; "
+        f"{machine.get('processor')} ({machine.get('cpu_count')} cores), torch {machine.get('torch')}.",
+    ]
+    return [*out, "", f"Command: `{doc.get('command')}` ({doc.get('date')})."]
+
+
 def seed_level(name: str, per_seed: list[float], meaning: str) -> dict[str, Any]:
     """A pre-protocol seed-paired difference as a comparison: bootstrap over the seeds only (no case scores)."""
     interval = hierarchical_ci([[d] for d in per_seed])
@@ -432,6 +448,7 @@ def forest_plot(entries: list[tuple[str, dict[str, Any]]], path: Path = FOREST) 
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "adapt_or_harmonize_300steps.json": render_adapt_or_harmonize,
+    "case_time.json": render_case_time,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "federated.json": render_federated,

@@ -13,15 +13,25 @@ from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
 
 INFO_OPTIONS = [Option("path", type=Path), Option("--json", action="store_true", help="print the card as JSON")]
 LIST_OPTIONS = [Option("folders", nargs="*", type=Path), Option("--json", action="store_true")]
+TERMINOLOGY_OPTIONS = [Option("path", type=Path, help="model bundle folder, rewritten in place")]
 
 
 def add_parser(verbs: Verbs) -> None:
     sub = verbs.add_parser("models", help="inspect model bundles").add_subparsers(dest="models_verb", required=True)
     add_command(sub, "info", "print a bundle's model card", INFO_OPTIONS)
     add_command(sub, "list", "list bundles in the bundled and user model folders", LIST_OPTIONS)
+    add_command(
+        sub,
+        "terminology",
+        "give labels with known names their SNOMED CT codes (weights unchanged)",
+        TERMINOLOGY_OPTIONS,
+    )
 
 
 def format_card(card: dict[str, Any], path: Path) -> str:
+    from UHarmonyLib.data.labels import terminology_type
+    from UHarmonyLib.model.card import expected_time_text
+
     arch = card["architecture"]
     pre, inf, prov = card["preprocessing"], card["inference"], card.get("provenance", {})
     lines = [
@@ -35,7 +45,12 @@ def format_card(card: dict[str, Any], path: Path) -> str:
         + (f", polynomial degree {arch['degree']}" if arch["norm"] == "uharmony" else "")
         + (", site-gated heads" if arch.get("gated_heads") else ""),
         "  channels:      " + ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"]),
-        "  labels:        " + ", ".join(f"{lab['value']}={lab['name']} {lab['color']}" for lab in card["labels"]),
+        "  labels:        "
+        + ", ".join(
+            f"{lab['value']}={lab['name']} {lab['color']}"
+            + (f" ({terminology_type(lab['terminology'])})" if lab.get("terminology") else "")
+            for lab in card["labels"]
+        ),
         "  sites:",
     ]
     for s in card["sites"]:
@@ -46,6 +61,7 @@ def format_card(card: dict[str, Any], path: Path) -> str:
         f"intensity {pre['intensity'].get('method')}",
         f"  inference:     patch {inf['patch_size']}, overlap {inf['overlap']}, "
         f"familiar if gate entropy <= {inf.get('familiar_entropy')}",
+        f"  time per case: {expected_time_text(card)}",
         f"  provenance:    created {prov.get('created', '?')} by {prov.get('software', '?')}",
     ]
     if prov.get("command"):
@@ -61,6 +77,17 @@ def run_models(args: argparse.Namespace) -> None:
     from UHarmonyLib.model.card import find_bundles
     from UHarmonyLib.model.weights import load_bundle
 
+    if args.models_verb == "terminology":
+        from UHarmonyLib.data.labels import terminology_type
+        from UHarmonyLib.model.card import set_known_terminology
+
+        card, missing = set_known_terminology(args.path)
+        for lab in card["labels"]:
+            code = terminology_type(lab.get("terminology", "")) or "no standard code known for this name"
+            print(f"{lab['value']} {lab['name']}: {code}")
+        if missing:
+            print(f"left without a code: {', '.join(missing)} (set one in Slicer's Segment Editor before DICOM export)")
+        return
     if args.models_verb == "info":
         card = load_bundle(args.path).card
         print(json.dumps(card, indent=2) if args.json else format_card(card, args.path))

@@ -20,3 +20,12 @@ KNOWN_TERMINOLOGY = {
         (WHOLE_LABEL, "52988006", "Lesion"),
     )
 }
+
+
+def terminology_type(entry: str) -> str:
+    """The segment type of a Slicer terminology entry in words, e.g. 'SNOMED CT 108369006 Neoplasm' ('' if none)."""
+    fields = entry.split("~")
+    scheme, code, meaning = ([*(fields[2] if len(fields) > 2 else "").split("^"), "", "", ""])[:3]
+    if not code:
+        return ""
+    return f"{'SNOMED CT' if scheme == 'SCT' else scheme} {code} {meaning}".strip()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from UHarmonyLib.data.labels import KNOWN_TERMINOLOGY
 from UHarmonyLib.errors import BundleError
 from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.files.checksum import sha256_file
@@ -76,23 +78,62 @@ def read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def set_familiar_distance(path: Path, threshold: float, calibration: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite a verified bundle's card with a new unfamiliar-case threshold and how it was set.
+def rewrite_card(path: Path, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply `edit` to a verified bundle's card and re-sign it atomically.
 
-    Why a rewrite and not a new version: the weights, bank and everything a case's
-    segmentation depends on stay byte-identical; only when the warning shows changes.
-    The card's own checksum is recomputed, so the bundle still verifies; the write is atomic.
+    Why a rewrite and not a new version: only descriptive fields change (when the warning shows,
+    terminology codes, measured times); the weights, the bank and every segmentation stay
+    byte-identical. A damaged bundle is refused, never re-signed.
     """
     path = Path(path)
     card = read_card(path)
     verify_files(path, card)
-    if BANK_NAME not in card["files"]:
-        raise BundleError(f"{path}: has no gate bank, so no distance to calibrate")
-    card["inference"]["familiar_distance"] = round(float(threshold), 4)
-    card["metrics"] = {**card.get("metrics", {}), "familiar_calibration": calibration}
+    edit(card)
     card["card_sha256"] = card_digest(card)
+    validate_card(card, path)
     write_text_atomic(path / CARD_NAME, json.dumps(card, indent=2) + "\n")
     return card
+
+
+def set_familiar_distance(path: Path, threshold: float, calibration: dict[str, Any]) -> dict[str, Any]:
+    """Set the bank distance beyond which a case is called unfamiliar, and record how it was chosen."""
+    if BANK_NAME not in read_card(path)["files"]:
+        raise BundleError(f"{path}: has no gate bank, so no distance to calibrate")
+
+    def edit(card: dict[str, Any]) -> None:
+        card["inference"]["familiar_distance"] = round(float(threshold), 4)
+        card["metrics"] = {**card.get("metrics", {}), "familiar_calibration": calibration}
+
+    return rewrite_card(path, edit)
+
+
+def set_known_terminology(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Give every label the project knows by name its SNOMED CT entry; returns the card and the names left without.
+
+    Labels that already carry an entry keep it (a site may have chosen a more specific code).
+    """
+    missing: list[str] = []
+
+    def edit(card: dict[str, Any]) -> None:
+        for label in card["labels"]:
+            if label.get("terminology"):
+                continue
+            entry = KNOWN_TERMINOLOGY.get(str(label["name"]).lower())
+            if entry:
+                label["terminology"] = entry
+            else:
+                missing.append(str(label["name"]))
+
+    return rewrite_card(path, edit), missing
+
+
+def set_expected_seconds(path: Path, device: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Record the measured time per case on one kind of device; other devices' figures are kept."""
+
+    def edit(card: dict[str, Any]) -> None:
+        card["inference"]["expected_seconds"] = {**card["inference"].get("expected_seconds", {}), device: figures}
+
+    return rewrite_card(path, edit)
 
 
 def validate_card(card: dict[str, Any], path: Path) -> None:
@@ -165,3 +206,23 @@ def find_bundles(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if (p / CARD_NAME).is_file())
+
+
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "mps": "Apple GPU (MPS)"}
+
+
+def expected_time_text(card: dict[str, Any]) -> str:
+    """The card's measured time per case in one line, naming the devices nobody measured on."""
+    figures = card["inference"].get("expected_seconds", {})
+    parts = []
+    for device, name in DEVICE_NAMES.items():
+        f = figures.get(device)
+        if not f:
+            parts.append(f"{name} not measured")
+            continue
+        where = f"{f.get('threads')} threads of {f.get('machine')}" if device == "cpu" else str(f.get("machine"))
+        parts.append(
+            f"{name} about {f['seconds']:.0f} s ({f['no_mirror_seconds']:.0f} s without mirroring; "
+            f"{f['wall_seconds']:.0f} s with process start), measured on {where} for {f.get('case', 'one case')}"
+        )
+    return "; ".join(parts)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.model.card import find_bundles, read_card
+from UHarmonyLib.data.labels import terminology_type
+from UHarmonyLib.model.card import expected_time_text, find_bundles, read_card
 from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
 
 
@@ -72,7 +73,11 @@ class ModelInfo:
         if self.problem:
             return f"This bundle cannot be used: {self.problem}"
         channels = ", ".join(f"{c['name']} ({c.get('modality', '?')})" for c in self.channels)
-        labels = ", ".join(f"{lab['value']} {lab['name']}" for lab in self.labels)
+        labels = ", ".join(
+            f"{lab['value']} {lab['name']}"
+            + (f" ({code})" if (code := terminology_type(lab.get("terminology", ""))) else "")
+            for lab in self.labels
+        )
         description = str(self.card.get("description", "")).split(". ")[0].rstrip(".")
         spacing = self.card.get("preprocessing", {}).get("spacing", [])
         patch = self.card.get("inference", {}).get("patch_size", [])
@@ -85,6 +90,7 @@ class ModelInfo:
             f"Channels: {channels}",
             f"Labels: {labels}",
             f"Grid: {' x '.join(f'{s:g}' for s in spacing)} mm; windows of {' x '.join(map(str, patch))} voxels",
+            f"Time per case: {expected_time_text(self.card)}",
         ]
         if metrics.get("mean_dice_whole_lesion") is not None:
             lines.append(
