@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -86,21 +87,38 @@ def test_installs_pin_slicers_numpy_simpleitk_vtk_and_torch(tmp_path: Path) -> N
     assert dependencies.version_tuple("2.13.0+cpu") == (2, 13, 0) and dependencies.version_tuple("1.6rc1") == (1, 6)
 
 
-def test_the_module_loads_and_lists_verified_models_before_pytorch_is_installed() -> None:
-    """As in a fresh Slicer: torch, MONAI, safetensors, SciPy, psutil cannot be imported: cards still verified."""
+def _panel_imports() -> list[str]:
+    """Every UHarmonySlicerLib module the module file imports (what opening the panel loads)."""
+    tree = ast.parse((MODULE_DIR / "UHarmonySlicer.py").read_text(encoding="utf-8"))
+    found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    package = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "UHarmonySlicerLib"]
+    found |= {f"UHarmonySlicerLib.{a.name}" for n in package for a in n.names}  # from UHarmonySlicerLib import x
+    return sorted(m for m in found if m and m.startswith("UHarmonySlicerLib."))
+
+
+@pytest.mark.parametrize("blocked", [True, False], ids=["fresh-slicer", "torch-installed"])
+def test_opening_the_panel_lists_verified_models_without_importing_torch(blocked: bool) -> None:
+    """As in a fresh Slicer (torch, MONAI, safetensors, SciPy, psutil absent) cards are still verified and described;
+    where they are installed, opening the panel still does not import torch or MONAI into Slicer's process."""
+    modules = _panel_imports()
+    assert {"UHarmonySlicerLib.models", "UHarmonySlicerLib.segment", "UHarmonySlicerLib.install"} <= set(modules)
+    block = 'for name in ("torch", "monai", "safetensors", "scipy", "psutil"):\n    sys.modules[name] = None'
     script = f"""
-import sys
-for name in ("torch", "monai", "safetensors", "scipy", "psutil"):
-    sys.modules[name] = None  # what a Slicer without them raises ImportError for
+import importlib, sys
+{block if blocked else ""}
 sys.path.insert(0, {str(MODULE_DIR)!r})
-import UHarmonySlicerLib.addsite, UHarmonySlicerLib.cohort, UHarmonySlicerLib.segment, UHarmonySlicerLib.dependencies
-from UHarmonySlicerLib.models import read_model
-info = read_model({str(REPO / "Resources" / "Models" / DEFAULT_MODEL_NAME)!r})
-print(info.usable, ",".join(info.channel_names), sys.modules["torch"] is not None, sys.modules["monai"] is not None)
+for module in {modules!r}:
+    importlib.import_module(module)
+from UHarmonySlicerLib.models import default_folders, discover
+models = discover(default_folders())
+texts = [m.summary() for m in models]
+print(all(m.usable for m in models), ",".join(models[0].channel_names), "SNOMED CT" in texts[0])
+print(*sorted(n for n in sys.modules if n.split(".")[0] in ("torch", "monai") and sys.modules[n] is not None))
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["True", "flair,t1,t1ce,t2", "False", "False"]
+    assert run.stdout.splitlines() == ["True flair,t1,t1ce,t2 True", ""]
 
 
 def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
@@ -116,7 +134,9 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
     for part in (default.title, "hospital-3t-3d, hospital-1.5t-2d", "flair (MR), t1 (MR), t1ce (MR)", "1 lesion core",
                  "About: uharmony dynunet trained by uharmony train on 64 cases",
                  "Grid: 2 x 2 x 2 mm; windows of 64 x 64 x 64 voxels",
-                 "Checked when trained: whole-lesion Dice 0.856 on 12 held-out cases, gate accuracy 1.0"):  # fmt: skip
+                 "Checked when trained: whole-lesion Dice 0.856 on 12 held-out cases, gate accuracy 1.0",
+                 "1 lesion core (SNOMED CT 108369006 Neoplasm), 2 edema (SNOMED CT 79654002 Edema)",
+                 "Time per case: CPU about 10 s (4 s without mirroring", "NVIDIA GPU (CUDA) not measured"):  # fmt: skip
         assert part in summary, summary
     assert not models[2].usable and "not valid JSON" in models[2].problem
     assert "cannot be used" in models[2].summary() and "(unusable)" in models[2].display_name

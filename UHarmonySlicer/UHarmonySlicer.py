@@ -29,6 +29,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from UHarmonySlicerLib import dependencies, install
 from UHarmonySlicerLib.addsite import Pair, TrainingCurve, add_site_job, export_dataset
+from UHarmonySlicerLib.choice_texts import show_choice_texts
 from UHarmonySlicerLib.cohort import cases_from_folder, cases_from_volumes, cohort_job, export_csv, scene_volumes
 from UHarmonySlicerLib.engine import DEVICES
 from UHarmonySlicerLib.errors import InputRefused
@@ -234,10 +235,21 @@ class UHarmonySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            show_choice_texts(self.ui.deviceComboBox, DEVICES, self.deviceTexts())
             self.ui.cohortFolderPathLineEdit.currentPath = self._parameterNode.cohortFolder
             self.ui.cohortOutputPathLineEdit.currentPath = self._parameterNode.cohortOutputFolder
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
+
+    @staticmethod
+    def deviceTexts() -> dict[str, str]:
+        """What the device box shows for each engine choice (connectGui fills it with the bare choices)."""
+        return {
+            "auto": _("Automatic: NVIDIA GPU (CUDA) if present, else CPU"),
+            "cpu": _("CPU"),
+            "cuda": _("NVIDIA GPU (CUDA)"),
+            "mps": _("Apple GPU (MPS)"),
+        }
 
     # ------------------------------------------------------------ models
 
