@@ -77,6 +77,21 @@ def _truncate_card(path: Path) -> None:
     card.write_text(card.read_text()[:200])
 
 
+def _resigned(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A card edited and re-hashed, as a careless tool or a malicious author would: the checksum passes."""
+    return lambda path: _edit_card(path, edit, rehash=True)
+
+
+def _file_entry(name: str) -> Callable[[dict], None]:
+    return lambda c: c["files"].update({name: {"sha256": "0" * 64, "bytes": 1}})
+
+
+def _weights_linked_out(path: Path) -> None:
+    outside = path.parent / "elsewhere.safetensors"
+    (path / WEIGHTS_NAME).rename(outside)
+    (path / WEIGHTS_NAME).symlink_to(outside)  # same bytes, so size and checksum would pass
+
+
 REFUSALS: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated-weights": (_truncate_weights, "truncated"),
     "tampered-weights": (_flip_weight_byte, "checksum differs"),
@@ -89,6 +104,37 @@ REFUSALS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing-card": (lambda p: (p / CARD_NAME).unlink(), f"no {CARD_NAME}"),
     "missing-weights": (lambda p: (p / WEIGHTS_NAME).unlink(), "missing"),
     "missing-folder": (lambda p: shutil.rmtree(p), "not found"),
+    "overlap-out-of-range": (_resigned(lambda c: c["inference"].update(overlap=1.5)), "'inference.overlap': 1.5"),
+    "huge-patch": (
+        _resigned(lambda c: c["inference"].update(patch_size=[4096] * 3)),
+        "'inference.patch_size': entry 0: 4096 is outside [1, 512]",
+    ),
+    "string-for-a-number": (
+        _resigned(lambda c: c["preprocessing"].update(spacing=["1.5", 1.5, 1.5])),
+        "'preprocessing.spacing': entry 0: '1.5' is not a finite number",
+    ),
+    "files-entry-a-string": (
+        _resigned(lambda c: c["files"].update({WEIGHTS_NAME: "abc"})),
+        f"'files.{WEIGHTS_NAME}': 'abc' is not an object",
+    ),
+    "file-outside-the-bundle": (
+        _resigned(_file_entry("../../../../etc/passwd")),
+        "'../../../../etc/passwd' is not a plain file name",
+    ),
+    "absolute-file-path": (_resigned(_file_entry("/etc/passwd")), "'/etc/passwd' is not a plain file name"),
+    "weights-linked-out": (_weights_linked_out, "not a regular file inside the bundle"),
+    "gate-bank-dropped": (
+        _resigned(lambda c: c["inference"].update(familiar_distance=1.0)),
+        "sets an unfamiliar-case distance but lists no gate_bank.safetensors",
+    ),
+    "site-name-a-path": (
+        _resigned(lambda c: c["sites"][0].update(name="../evil")),
+        "'sites[0].name': '../evil' is not a plain name",
+    ),
+    "label-colour-not-hex": (
+        _resigned(lambda c: c["labels"][0].update(color="red")),
+        "'labels[0].color': 'red' does not match",
+    ),
 }
 
 
@@ -181,12 +227,16 @@ def test_models_list_marks_unusable_bundles(tiny_bundle: Path, tmp_path: Path) -
     shutil.copytree(tiny_bundle, folder / "a-good")
     shutil.copytree(tiny_bundle, folder / "b-bad")
     _truncate_weights(folder / "b-bad")
+    shutil.copytree(tiny_bundle, folder / "c-wrong-type")
+    _edit_card(folder / "c-wrong-type", lambda c: c["inference"].update(batch_size="two"), rehash=True)
+    shutil.copytree(tiny_bundle, folder / "d-good")
     run = run_main("models", "list", folder, "--json")
     assert run.code == 0, run.stderr
     rows = json.loads(run.stdout)
-    assert [r["ok"] for r in rows] == [True, False]
+    assert [r["ok"] for r in rows] == [True, False, False, True]  # one bad bundle does not stop the listing
     assert rows[0]["sites"] == [s["name"] for s in SITES]
     assert "truncated" in rows[1]["problem"]
+    assert "'inference.batch_size': 'two' is not an integer" in rows[2]["problem"]
 
 
 def test_save_refuses_existing_folder_and_leaves_it_untouched(tiny_bundle: Path, tmp_path: Path) -> None:

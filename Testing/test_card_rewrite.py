@@ -16,6 +16,7 @@ from UHarmonyLib.errors import BundleError
 from UHarmonyLib.model.card import (
     CARD_NAME,
     WEIGHTS_NAME,
+    card_digest,
     expected_time_text,
     read_card,
     set_expected_seconds,
@@ -113,3 +114,27 @@ def test_case_time_benchmark_measures_and_records(tiny_bundle: Path, volume_file
     assert (copy / WEIGHTS_NAME).read_bytes() == (tiny_bundle / WEIGHTS_NAME).read_bytes()
     markdown = "\n".join(results_renderer("case_time.json")(doc))
     assert f"| cpu | on | {rows['cpu', True]['passes']} | {rows['cpu', True]['seconds']:.2f} |" in markdown
+
+
+def test_a_pinned_bundle_that_changes_is_refused_until_pinned_again(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checksums catch corruption, not a re-signed bundle: a pin (the user's own digest record) catches that."""
+    monkeypatch.setenv("UHARMONY_MODELS", str(tmp_path / "user"))
+    copy = _copy(tiny_bundle, tmp_path)
+    run = run_main("models", "pin", copy)
+    assert run.code == 0 and "pinned tiny v1" in run.stdout, run
+    pins = json.loads((tmp_path / "user" / "pinned.json").read_text())
+    assert pins["tiny v1"]["card_sha256"] == read_card(copy)["card_sha256"]
+    assert json.loads(run_main("models", "list", copy.parent, "--json").stdout)[0]["pinned"] is True
+    card = json.loads((copy / CARD_NAME).read_text())  # an author's re-signed edit: its own checksum holds
+    card["inference"]["familiar_entropy"] = 2.0
+    card["card_sha256"] = card_digest(card)
+    (copy / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="tiny v1 differs from the bundle you pinned on"):
+        read_card(copy)
+    refused = run_main("segment", "--model", copy, "--out", tmp_path / "s.nrrd", copy / CARD_NAME)
+    assert refused.code == 3 and "differs from the bundle you pinned" in refused.stderr
+    run = run_main("models", "pin", copy)  # the user trusts the new one on purpose
+    assert run.code == 0 and "replaced the pin" in run.stdout
+    assert read_card(copy)["inference"]["familiar_entropy"] == 2.0

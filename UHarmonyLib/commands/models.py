@@ -14,6 +14,7 @@ from UHarmonyLib.resources import BUNDLED_MODELS, user_models_dir
 INFO_OPTIONS = [Option("path", type=Path), Option("--json", action="store_true", help="print the card as JSON")]
 LIST_OPTIONS = [Option("folders", nargs="*", type=Path), Option("--json", action="store_true")]
 TERMINOLOGY_OPTIONS = [Option("path", type=Path, help="model bundle folder, rewritten in place")]
+PIN_OPTIONS = [Option("path", type=Path, help="model bundle folder to trust as it is now")]
 
 
 def add_parser(verbs: Verbs) -> None:
@@ -25,6 +26,12 @@ def add_parser(verbs: Verbs) -> None:
         "terminology",
         "give labels with known names their SNOMED CT codes (weights unchanged)",
         TERMINOLOGY_OPTIONS,
+    )
+    add_command(
+        sub,
+        "pin",
+        "record a verified bundle's digest as trusted: a changed bundle of that name and version is then refused",
+        PIN_OPTIONS,
     )
 
 
@@ -75,6 +82,7 @@ def format_card(card: dict[str, Any], path: Path) -> str:
 
 def run_models(args: argparse.Namespace) -> None:
     from UHarmonyLib.model.card import find_bundles
+    from UHarmonyLib.model.pins import pin_key, read_pins
     from UHarmonyLib.model.weights import load_bundle
 
     if args.models_verb == "terminology":
@@ -88,11 +96,24 @@ def run_models(args: argparse.Namespace) -> None:
         if missing:
             print(f"left without a code: {', '.join(missing)} (set one in Slicer's Segment Editor before DICOM export)")
         return
+    if args.models_verb == "pin":
+        from UHarmonyLib.model.card import read_card, verify_files
+        from UHarmonyLib.model.pins import pin, pin_key, pins_file, read_pins
+
+        card = read_card(args.path, check_pins=False)  # a changed bundle may be pinned anew, on purpose
+        verify_files(args.path, card)  # but only once every checksum holds
+        before = read_pins().get(pin_key(card))
+        entry = pin(card, args.path)
+        print(f"pinned {pin_key(card)} (card digest {entry['card_sha256'][:16]}...) in {pins_file()}")
+        if isinstance(before, dict) and before.get("card_sha256") != entry["card_sha256"]:
+            print(f"replaced the pin of {before.get('pinned', '?')}, which had another digest")
+        return
     if args.models_verb == "info":
         card = load_bundle(args.path).card
         print(json.dumps(card, indent=2) if args.json else format_card(card, args.path))
         return
     folders = args.folders or [BUNDLED_MODELS, user_models_dir()]
+    pins = read_pins()
     rows = []
     for folder in folders:
         for path in find_bundles(folder):
@@ -105,6 +126,7 @@ def run_models(args: argparse.Namespace) -> None:
                         "version": card["version"],
                         "title": card.get("title", ""),
                         "sites": [s["name"] for s in card["sites"]],
+                        "pinned": pin_key(card) in pins,
                         "ok": True,
                     }
                 )
@@ -117,6 +139,7 @@ def run_models(args: argparse.Namespace) -> None:
         print("no model bundles found in " + ", ".join(str(f) for f in folders))
     for r in rows:
         if r["ok"]:
-            print(f"{r['name']} v{r['version']}  {r['title']}  sites: {', '.join(r['sites'])}  [{r['path']}]")
+            pinned = "  pinned" if r["pinned"] else ""
+            print(f"{r['name']} v{r['version']}  {r['title']}  sites: {', '.join(r['sites'])}  [{r['path']}]{pinned}")
         else:
             print(f"UNUSABLE  {r['path']}: {r['problem']}")

@@ -20,6 +20,8 @@ from UHarmonyLib.errors import BundleError
 from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.files.checksum import sha256_file
 from UHarmonyLib.image_harmonization import check_params
+from UHarmonyLib.model.card_schema import schema_problem
+from UHarmonyLib.model.pins import check_pin
 from UHarmonyLib.nn.config import NetworkConfig
 
 FORMAT_VERSION = 1
@@ -51,8 +53,8 @@ def card_digest(card: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def read_card(path: Path) -> dict[str, Any]:
-    """Read and verify a bundle's model card (not its weights)."""
+def read_card(path: Path, check_pins: bool = True) -> dict[str, Any]:
+    """Read and verify a bundle's model card (not its weights); `check_pins=False` only to pin it anew."""
     path = Path(path)
     card_path = path / CARD_NAME
     if not path.exists():
@@ -75,6 +77,8 @@ def read_card(path: Path) -> dict[str, Any]:
     if card.get("card_sha256") != card_digest(card):
         raise BundleError(f"{card_path}: model card was modified after the bundle was written (checksum mismatch)")
     validate_card(card, path)
+    if check_pins:
+        check_pin(card, path)
     return card
 
 
@@ -141,24 +145,18 @@ def validate_card(card: dict[str, Any], path: Path) -> None:
         if not cond:
             raise BundleError(f"{path}: invalid model card: {what}")
 
-    for key in ("name", "version", "architecture", "sites", "channels", "labels", "preprocessing", "inference"):
-        need(key in card, f"missing '{key}'")
-    need(isinstance(card["channels"], list) and card["channels"], "'channels' must be a non-empty list")
-    for c in card["channels"]:
-        need(isinstance(c, dict) and {"name", "modality"} <= set(c), "each channel needs 'name' and 'modality'")
-    need(isinstance(card["labels"], list) and card["labels"], "'labels' must be a non-empty list")
-    for lab in card["labels"]:
-        need(isinstance(lab, dict) and {"value", "name", "color"} <= set(lab), "each label needs value, name, color")
-        need(isinstance(lab["value"], int) and lab["value"] > 0, f"label value {lab['value']!r} must be a positive int")
+    need(not (problem := schema_problem(card)), str(problem))
+    need(
+        "familiar_distance" not in card["inference"] or BANK_NAME in card.get("files", {BANK_NAME: None}),
+        f"it sets an unfamiliar-case distance but lists no {BANK_NAME}, so the warning would be off",
+    )
     values = [lab["value"] for lab in card["labels"]]
     need(len(set(values)) == len(values), "label values must be unique")
-    need(isinstance(card["sites"], list) and card["sites"], "'sites' must be a non-empty list")
-    names = [s.get("name") for s in card["sites"] if isinstance(s, dict)]
-    need(len(names) == len(card["sites"]) and all(isinstance(n, str) and n for n in names), "each site needs a name")
+    names = [s["name"] for s in card["sites"]]
     need(len(set(names)) == len(names), "site names must be unique")
     try:
         cfg = NetworkConfig.from_dict(card["architecture"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise BundleError(f"{path}: unsupported architecture in model card: {e}") from e
     need(cfg.in_channels == len(card["channels"]), "architecture in_channels differs from the channel list")
     need(cfg.out_channels == len(card["labels"]) + 1, "architecture out_channels differs from labels + background")
@@ -171,13 +169,6 @@ def validate_card(card: dict[str, Any], path: Path) -> None:
         all(isinstance(p, int) and p % step == 0 and p >= smallest for p in patch),
         f"patch_size {patch} must be multiples of {step}, at least {smallest}, for this {cfg.backbone}",
     )
-    mirror = card["inference"].get("mirror_axes", list(MIRROR_AXES))
-    need(
-        isinstance(mirror, list) and len(set(mirror)) == len(mirror) and all(a in (0, 1, 2) for a in mirror),
-        f"inference mirror_axes {mirror!r} must list distinct axes among 0, 1, 2",
-    )
-    spacing = card["preprocessing"].get("spacing")
-    need(isinstance(spacing, list) and len(spacing) == 3 and all(s > 0 for s in spacing), "spacing must be 3 positives")
     if "harmonize" in card["preprocessing"]:
         problem = check_params(card["preprocessing"]["harmonize"])
         need(problem is None, f"preprocessing.harmonize: {problem}")
@@ -189,6 +180,8 @@ def verify_files(path: Path, card: dict[str, Any]) -> None:
         raise BundleError(f"{path}: model card lists no {WEIGHTS_NAME} checksum")
     for name, meta in files.items():
         f = path / name
+        if f.is_symlink() or (f.exists() and not f.is_file()):
+            raise BundleError(f"{f}: not a regular file inside the bundle (links and special files are refused)")
         if not f.is_file():
             raise BundleError(f"{f}: file listed in the model card is missing")
         size = f.stat().st_size
@@ -201,11 +194,11 @@ def verify_files(path: Path, card: dict[str, Any]) -> None:
 
 
 def find_bundles(folder: Path) -> list[Path]:
-    """Bundle folders directly inside `folder`, sorted by name."""
+    """Bundle folders directly inside `folder`, sorted by name; hidden ones are unfinished writes, never bundles."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if (p / CARD_NAME).is_file())
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (p / CARD_NAME).is_file())
 
 
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "mps": "Apple GPU (MPS)"}
