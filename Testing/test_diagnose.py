@@ -14,11 +14,11 @@ from conftest import assert_one_line_error, run_main, tiny_net
 from UHarmonyLib.diagnose.compare import PERMUTATIONS, site_test
 from UHarmonyLib.model.weights import make_card, save_bundle
 
-SYNTH = ["--spacing", 4, "--cases-per-site", 3, "--seed", 0]
+SYNTH = ["--spacing", 4, "--seed", 0]
 
 
-def _synth(scenario: str, folder: Path) -> Path:
-    run = run_main("synth", "--scenario", scenario, "--out", folder, *SYNTH)
+def _synth(scenario: str, folder: Path, cases_per_site: int = 3) -> Path:
+    run = run_main("synth", "--scenario", scenario, "--out", folder, "--cases-per-site", cases_per_site, *SYNTH)
     assert run.code == 0, run.stderr
     return folder
 
@@ -47,6 +47,12 @@ def random_model(structural: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         inference={"patch_size": [32, 32, 32], "overlap": 0.25, "batch_size": 2},
     )
     return save_bundle(net, card, tmp_path_factory.mktemp("model") / "random-v1")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The structural scenario with one case per site: too few cases to trust a verdict."""
+    return _synth("structural", tmp_path_factory.mktemp("single") / "data", cases_per_site=1)
 
 
 def _events(stdout: str) -> list[dict[str, Any]]:
@@ -94,6 +100,53 @@ def test_structural_shift_recommends_personalizing(structural: Path, random_mode
     assert 0.0 <= model["gate_accuracy"] <= 1.0 and model["segmentations"] == 24
     assert all(s["known_to_model"] and s["cases"] == 3 for s in model["sites"].values())
     assert "Model evidence (random v1)" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def _section(page: str, title: str) -> str:
+    """The HTML from heading `title` to the next heading."""
+    start = page.index(f"<h2>{title}</h2>")
+    return page[start : page.index("<h2>", start + 1)]
+
+
+def test_one_case_per_site_is_cautioned_and_the_page_reads_on_its_own(single: Path, tmp_path: Path) -> None:
+    """A verdict from one case per site carries a caution naming the sites; tables show no Python structures;
+    the page explains its method instead of linking a repository file."""
+    out = tmp_path / "report"
+    run = run_main("diagnose", "--data", single, "--out", out, "--progress", "json")
+    assert run.code == 0, run.stderr
+    result = _events(run.stdout)[-1]
+    summary = _check_report(out)
+    cautions = summary["decision"]["cautions"]
+    assert result["cautions"] == cautions and len(cautions) == 1
+    assert all(f"{site} (1 case)" in cautions[0] for site in summary["sites_order"])
+    assert summary["decision"]["thresholds"]["min_cases_per_site"] == 3
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Caution: few cases: cohort-a (1 case)" in page
+    sites = _section(page, "Sites")
+    assert "{" not in sites and "&#x27;" not in sites and "4×4×4" in sites
+    assert re.search(r"<td>T1 [0-9.]+, T2 [0-9.]+, FLAIR [0-9.]+</td>", sites)
+    assert "docs/" not in page and "normal tissue only" in _section(page, "How the evidence is measured")
+    assert summary["command"].endswith(f"--out {out} --device auto --progress json")
+
+
+def test_model_evidence_takes_no_mirror_and_reports_as_evaluate_does(
+    single: Path, random_model: Path, tmp_path: Path
+) -> None:
+    """--no-mirror makes every segmentation one pass; the model's cases are announced and counted per pass."""
+    out = tmp_path / "report"
+    run = run_main(
+        "diagnose", "--data", single, "--model", random_model, "--out", out, "--device", "cpu", "--no-mirror",
+        "--progress", "json",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    events = _events(run.stdout)
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert any("4 cases from" in m and "without test-time mirroring (--no-mirror)" in m for m in logs), logs
+    for stage in ("diagnose", "gated", "given"):
+        assert [e["done"] for e in events if e["event"] == "progress" and e["stage"] == stage] == [1, 2, 3, 4]
+    summary = _check_report(out)
+    assert summary["model"]["passes"] == 1 and summary["model"]["segmentations"] == 8
+    assert summary["model"]["device"] == "cpu" and "--no-mirror" in summary["command"].split()
 
 
 def test_site_test_separates_planted_differences() -> None:

@@ -7,6 +7,7 @@ whole lesion), one tiny model trained for 4 steps, real files throughout, one th
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import CliRun, assert_one_line_error, run_main
 
+from UHarmonyLib.cli import build_parser
 from UHarmonyLib.files.checksum import sha256_file
+from UHarmonyLib.model.weights import load_bundle
 
 SITES = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
 WHOLE = "whole lesion"
@@ -215,9 +218,32 @@ def test_site_given_segments_each_case_with_its_own_site(model: Path, dataset: P
     report = _report(out)
     assert report["site_given"] is True and report["gate_confusion"] is None and report["gate_accuracy"] is None
     assert [c["chosen"] for c in report["cases"]] == [c["site"] for c in report["cases"]] == SITES
-    assert all(c["familiar"] and c["distance"] is None for c in report["cases"])
+    bank = load_bundle(model).bank  # a named site is still measured against the gate bank
+    assert bank is not None
+    threshold = bank.threshold
+    assert all(c["distance"] is not None and c["familiar"] == (c["distance"] <= threshold) for c in report["cases"])
     assert all(s["gate_accuracy"] is None for s in report["sites"].values())
     assert "## Gate confusion" not in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_report_records_the_whole_command_and_its_summary_shares_its_name(
+    model: Path, dataset: Path, tmp_path: Path
+) -> None:
+    """Every flag given is in report.json's command (which parses back to the same run); REPORT.json gets REPORT.md."""
+    out = tmp_path / "eval-a.json"
+    run = _evaluate(model, dataset, out, "--no-mirror", "--progress", "json")
+    assert run.code == 0, run.stderr
+    report = _report(out)
+    words = shlex.split(report["command"])
+    assert words[:2] == ["uharmony", "evaluate"] and report["passes"] == 1
+    for flag in (["--no-mirror"], ["--progress", "json"], ["--device", "cpu"], ["--site", "auto"]):
+        assert any(words[i : i + len(flag)] == flag for i in range(len(words))), (flag, words)
+    given = ["--model", model, "--data", dataset, "--out", out, "--device", "cpu", "--no-mirror", "--progress", "json"]
+    parse = build_parser().parse_args
+    assert vars(parse(words[1:])) == vars(parse(["evaluate", *map(str, given)]))
+    assert (tmp_path / "eval-a.md").read_text(encoding="utf-8").startswith("# Evaluation of mixed-model v1")
+    logs = [json.loads(line) for line in run.stdout.splitlines() if '"log"' in line]
+    assert any("without test-time mirroring" in e["message"] for e in logs)
 
 
 # ---------------------------------------------------------------- refusals

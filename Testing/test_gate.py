@@ -64,6 +64,7 @@ def test_decision_json_keys_and_values() -> None:
         "chosen",
         "entropy",
         "familiar",
+        "familiar_reason",
         "distance",
         "nearest_site",
         "familiar_distance",
@@ -86,10 +87,10 @@ def test_familiar_threshold() -> None:
 
 
 def test_given_site_is_one_hot() -> None:
-    """A site named by the user gives a one-hot decision marked as given, with zero entropy."""
+    """A site named by the user gives a one-hot decision marked as given, with zero entropy, familiarity unknown."""
     d = given_site(SITES, "gamma", 0.5).to_json()
     assert d["sites"] == {"alpha": 0.0, "beta": 0.0, "gamma": 1.0, "delta": 0.0}
     assert d["chosen"] == "gamma"
     assert d["entropy"] == 0.0
-    assert d["familiar"] is True
+    assert d["familiar"] is None and "no gate bank" in d["familiar_reason"]  # nothing measured, nothing claimed
     assert d["site_given"] is True

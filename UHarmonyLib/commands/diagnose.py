@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from UHarmonyLib.commands.evaluate import full_command
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, PROGRESS, Option, Verbs, add_command, to_argv
+from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
@@ -21,18 +21,13 @@ OPTIONS = [
     Option("--model", type=Path, metavar="BUNDLE", help="add the model's evidence (gate, Dice)"),
     Option("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json"),
     DEVICE,
+    NO_MIRROR,
     PROGRESS,
 ]
 
 
 def add_parser(verbs: Verbs) -> None:
     add_command(verbs, "diagnose", "do sites differ in appearance, structure, both or neither? (HTML report)", OPTIONS)
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces the report (the device does not change it)."""
-    values = {k: getattr(args, k) for k in ("data", "model", "out")}
-    return shlex.join(["uharmony", "diagnose", *to_argv(OPTIONS, values)])
 
 
 def check_out(out: Path) -> None:
@@ -47,7 +42,7 @@ def check_out(out: Path) -> None:
 
 
 def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
-    """Measure, compare, decide (and score the model), then write report.html and summary.json atomically."""
+    """Measure, compare, decide (and score the model as `evaluate` does), then write report.html and summary.json."""
     from UHarmonyLib.diagnose import diagnose_dataset
     from UHarmonyLib.diagnose.report import render_html
 
@@ -56,17 +51,18 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     model = None
     if args.model is not None:
         from UHarmonyLib.diagnose.model import map_for_model
+        from UHarmonyLib.inference.device import resolve_device
         from UHarmonyLib.model.weights import load_bundle
 
+        device = resolve_device(args.device)
         bundle = load_bundle(args.model)
-        model = (bundle, map_for_model(bundle, args.data))
+        model = (bundle, map_for_model(bundle, args.data), device)
     summary, cases = diagnose_dataset(args.data, reporter)
     if model is not None:
         from UHarmonyLib.diagnose.model import model_evidence
-        from UHarmonyLib.inference.device import resolve_device
 
-        summary["model"] = model_evidence(*model, resolve_device(args.device), reporter)
-    summary["command"] = command_line(args)
+        summary["model"] = model_evidence(*model, reporter, mirror=not args.no_mirror)
+    summary["command"] = full_command("diagnose", OPTIONS, args)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     page = render_html(summary, cases)
     args.out.mkdir(exist_ok=True)
@@ -79,11 +75,14 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         "recommendation": decision["recommendation"],
         "appearance_findings": decision["appearance_findings"],
         "structural_findings": decision["structural_findings"],
+        "cautions": decision["cautions"],
         "seconds": summary["seconds"],
     }
     reporter.result(payload)
     if not isinstance(reporter, JsonReporter):
         print(f"Recommendation: {decision['recommendation']}. {decision['advice']}")
+        for line in decision["cautions"]:
+            print(f"Caution: {line}")
         findings = decision["appearance_findings"] + decision["structural_findings"]
         for line in findings[:SHOWN]:
             print(f"  - {line}")

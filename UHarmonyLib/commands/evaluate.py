@@ -13,13 +13,19 @@ from UHarmonyLib import __version__
 from UHarmonyLib.data.labels import WHOLE_LABEL as WHOLE
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, to_argv
+from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, to_argv, values_of
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 OPTIONS = [
     Option("--model", required=True, type=Path, help="model bundle folder"),
     Option("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder"),
-    Option("--out", required=True, type=Path, metavar="REPORT.json", help="a REPORT.md is written beside it"),
+    Option(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="REPORT.json",
+        help="its Markdown summary REPORT.md (same name, ending .md) is written beside it",
+    ),
     Option("--site", default="auto", choices=("auto", "given"), help="auto: the gate; given: each case's site"),
     DEVICE,
     NO_MIRROR,
@@ -37,6 +43,7 @@ def add_parser(verbs: Verbs) -> None:
 
 
 def markdown_path(out: Path) -> Path:
+    """REPORT.json's summary: REPORT.md, so two reports in one folder keep their own summaries."""
     return out.with_suffix(".md")
 
 
@@ -48,10 +55,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     check_writable(markdown_path(args.out))
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """A command line that reproduces the report."""
-    values = {k: v for k, v in vars(args).items() if k != "progress"}
-    return shlex.join(["uharmony", "evaluate", *to_argv(OPTIONS, values, always=("site", "device"))])
+def full_command(verb: str, options: list[Option], args: argparse.Namespace) -> str:
+    """The command as given, every option spelled out (defaults too): a report records exactly how it was made."""
+    words = to_argv(options, values_of(options, args), always=[o.dest for o in options])
+    return shlex.join(["uharmony", verb, *words])
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -144,7 +151,7 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
 
 def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Check everything, score every case, then write the JSON report and its Markdown summary atomically."""
-    from UHarmonyLib.evaluation.report import evaluate_dataset, map_dataset
+    from UHarmonyLib.evaluation.report import describe_run, evaluate_dataset, map_dataset
     from UHarmonyLib.inference.device import resolve_device
     from UHarmonyLib.model.weights import load_bundle
 
@@ -155,11 +162,11 @@ def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     mapped = map_dataset(bundle, args.data, args.site)
     if args.out.resolve() == mapped.file:
         raise InputError(f"{args.out}: the report would overwrite the dataset file")
-    reporter.log(f"model {bundle.label_text}: {len(mapped.cases)} cases from {mapped.file}; device {device}")
+    reporter.log(describe_run(bundle, mapped, device, mirror=not args.no_mirror))
     body = evaluate_dataset(bundle, mapped, args.site, device, reporter, mirror=not args.no_mirror)
     report = {
         "model": {"name": bundle.card["name"], "version": bundle.card["version"], "path": str(bundle.path.resolve())},
-        "command": command_line(args),
+        "command": full_command("evaluate", OPTIONS, args),
         "software": f"UHarmonyLib {__version__}",
         "seconds": round(time.perf_counter() - start, 3),
         **body,

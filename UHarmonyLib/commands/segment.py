@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from UHarmonyLib.options import DEVICE, NO_MIRROR, PRECISION, PROGRESS, Option, 
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk
+
     from UHarmonyLib.inference.engine import SegmentationResult
     from UHarmonyLib.inference.gate_decision import GateDecision
     from UHarmonyLib.model.weights import Bundle
@@ -45,11 +48,49 @@ def add_parser(verbs: Verbs) -> None:
 
 
 SITE_COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+META = "UHarmony_"  # prefix of the metadata keys that name what a vector component or label value holds
+GOLDEN = 0.618033988749895  # hue step that keeps every further site's colour apart from all before it
+
+
+def site_color(index: int) -> str:
+    """A distinct colour per site: the palette first, then golden-ratio hues for models with more sites."""
+    if index < len(SITE_COLORS):
+        return SITE_COLORS[index]
+    r, g, b = colorsys.hsv_to_rgb((index * GOLDEN) % 1.0, 0.8, 0.9)
+    return "#" + "".join(f"{round(c * 255):02x}" for c in (r, g, b))
 
 
 def site_labels(sites: list[str]) -> list[dict[str, Any]]:
-    """Gate-map segments: one per site, value = 1-based site index."""
-    return [{"value": i + 1, "name": s, "color": SITE_COLORS[i % len(SITE_COLORS)]} for i, s in enumerate(sites)]
+    """Gate-map segments: one per site, value = 1-based site index (no background segment)."""
+    return [{"value": i + 1, "name": s, "color": site_color(i)} for i, s in enumerate(sites)]
+
+
+def named_probabilities(image: sitk.Image, labels: list[dict[str, Any]]) -> sitk.Image:
+    """The probability volume with each component's class name and label value in its metadata.
+
+    Component 0 is the background, then the card's labels in order; NRRD and MetaImage keep
+    one key per component, NIfTI only its 80-character description.
+    """
+    import SimpleITK as sitk
+
+    named = sitk.Image(image)
+    classes = [{"value": 0, "name": "background"}, *labels]
+    for i, lab in enumerate(classes):
+        named.SetMetaData(f"{META}Component{i}_Class", lab["name"])
+        named.SetMetaData(f"{META}Component{i}_LabelValue", str(lab["value"]))
+    named.SetMetaData("ITK_FileNotes", "probabilities: " + "|".join(lab["name"] for lab in classes))
+    return named
+
+
+def named_gate_map(image: sitk.Image, sites: list[str]) -> sitk.Image:
+    """The gate map with the site each value stands for in its metadata (value = 1-based site index)."""
+    import SimpleITK as sitk
+
+    named = sitk.Image(image)
+    for lab in site_labels(sites):
+        named.SetMetaData(f"{META}Value{lab['value']}_Site", lab["name"])
+    named.SetMetaData("ITK_FileNotes", "gate map, site per value from 1: " + "|".join(sites))
+    return named
 
 
 def describe_gate(decision: GateDecision) -> str:
@@ -60,11 +101,13 @@ def describe_gate(decision: GateDecision) -> str:
         lines.append(f"  {name:<{width}}  {p:6.3f}  {'#' * int(p * 30 + 0.5)}")
     if not decision.given:
         lines.append(f"Chosen site: {decision.chosen} (normalized entropy {decision.entropy:.2f})")
-        if not decision.familiar:
-            lines.append(
-                f"WARNING: this case looks unlike every site the model was trained on: {decision.concern}; "
-                "check the result carefully."
-            )
+    if decision.familiar is False:
+        lines.append(
+            f"WARNING: this case looks unlike every site the model was trained on: {decision.concern}; "
+            "check the result carefully."
+        )
+    elif decision.familiar is None:
+        lines.append(f"Not checked whether this case looks like the model's sites: {decision.concern}.")
     return "\n".join(lines)
 
 
@@ -75,7 +118,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if all(str(p) == ABSENT for p in args.channels):
         raise InputError(f"every channel is marked absent ('{ABSENT}'); at least one image is needed")
     if args.gate_map is not None and args.site != "auto":
-        raise InputError("--gate-map needs the gate, which does not run when --site names the site")
+        raise InputError("--gate-map shows the gate's choice of site, which --site replaces")
     outputs = [p for p in (args.out, args.gate_map, args.probabilities) if p is not None]
     for p in outputs:
         check_output_path(p)
@@ -111,6 +154,7 @@ def check_harmonize(bundle: Bundle, method: str | None) -> None:
 
 
 def write_outputs(args: argparse.Namespace, bundle: Bundle, result: SegmentationResult) -> dict[str, str]:
+    """Write the label map and each optional output; the volumes say in their metadata what they hold."""
     from UHarmonyLib.files.volumes import write_volume
 
     written = {"segmentation": str(args.out)}
@@ -119,10 +163,11 @@ def write_outputs(args: argparse.Namespace, bundle: Bundle, result: Segmentation
         write_text_atomic(args.gate_json, json.dumps(result.gate.to_json(), indent=2) + "\n")
         written["gate_json"] = str(args.gate_json)
     if args.gate_map is not None and result.gate_map is not None:
-        write_volume(result.gate_map, args.gate_map, labels=site_labels(bundle.site_names))
+        gate_map = named_gate_map(result.gate_map, bundle.site_names)
+        write_volume(gate_map, args.gate_map, labels=site_labels(bundle.site_names))
         written["gate_map"] = str(args.gate_map)
     if args.probabilities is not None and result.probabilities is not None:
-        write_volume(result.probabilities, args.probabilities)
+        write_volume(named_probabilities(result.probabilities, bundle.labels), args.probabilities)
         written["probabilities"] = str(args.probabilities)
     return written
 

@@ -17,7 +17,7 @@ from UHarmonyLib import __version__
 from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.plan import Plan, plan_training
 from UHarmonyLib.diagnose.compare import appearance_pairs, median_defined, structure_tests
-from UHarmonyLib.diagnose.decide import appearance_findings, recommend, structure_findings
+from UHarmonyLib.diagnose.decide import appearance_findings, recommend, sample_cautions, structure_findings
 from UHarmonyLib.diagnose.features import CaseFeatures, case_features
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.progress import Reporter
@@ -72,7 +72,9 @@ def diagnose_dataset(data: Path, reporter: Reporter) -> tuple[dict[str, Any], li
     tests = structure_tests(cases)
     table = site_table(plan, cases)
     decision = recommend(
-        appearance_findings(pairs), structure_findings(tests, {n: s["labels"] for n, s in table.items()})
+        appearance_findings(pairs),
+        structure_findings(tests, {n: s["labels"] for n, s in table.items()}),
+        sample_cautions({n: s["cases"] for n, s in table.items()}),
     )
     summary = {
         "dataset": {"name": plan.datasets[0]["name"], "path": str(file), "sha256": plan.datasets[0]["sha256"]},

@@ -11,6 +11,9 @@ or when a site test (lesion count, size, depth, location) has a permutation p-va
 most `structure_p` (0.01 over the four tests, Bonferroni) AND the sites explain at least
 `structure_eta2` of the feature's variance (an effect worth a site-specific model).
 
+A site with fewer than `MIN_CASES_PER_SITE` cases does not change the recommendation but
+adds a caution to it: absence of evidence from one or two cases is not evidence of absence.
+
 Calibrated on the generator's scenarios at 4 mm, 3 cases per site, seeds 0-2 (none and
 structural: largest ratio 1.5, SNR fold 1.3, smallest p 0.024; appearance and mixed:
 ratio >= 2.8, SNR fold >= 3.2; structural: p 0.0005 with eta² >= 0.59), and validated
@@ -30,6 +33,7 @@ THRESHOLDS: dict[str, float] = {
     "structure_p": 0.0025,
     "structure_eta2": 0.2,
 }
+MIN_CASES_PER_SITE = 3  # the thresholds were calibrated at 3 cases per site; fewer leave the tests little power
 RECOMMENDATIONS = {
     (False, False): "neither needed",
     (True, False): "harmonize data",
@@ -80,8 +84,25 @@ def structure_findings(tests: list[SiteTest], label_sets: dict[str, list[str]]) 
     return out
 
 
-def recommend(appearance: list[str], structure: list[str]) -> dict[str, Any]:
-    """The recommendation and the findings that drove it."""
+def sample_cautions(cases_per_site: dict[str, int]) -> list[str]:
+    """A warning naming the sites with fewer cases than the thresholds were calibrated on (empty when none).
+
+    With one case a site has no within-site spread to compare against, and with few cases
+    the permutation tests cannot reach their p threshold: "no finding" then may only mean
+    "too few cases to tell".
+    """
+    few = {s: n for s, n in cases_per_site.items() if n < MIN_CASES_PER_SITE}
+    if not few:
+        return []
+    listed = ", ".join(f"{s} ({n} case{'' if n == 1 else 's'})" for s, n in few.items())
+    return [
+        f"few cases: {listed}; the thresholds assume at least {MIN_CASES_PER_SITE} cases per site, so with fewer "
+        "a shift can go undetected: treat the recommendation as provisional and add cases"
+    ]
+
+
+def recommend(appearance: list[str], structure: list[str], cautions: list[str]) -> dict[str, Any]:
+    """The recommendation, the findings that drove it, and cautions about how far it can be trusted."""
     choice = RECOMMENDATIONS[(bool(appearance), bool(structure))]
     return {
         "recommendation": choice,
@@ -90,5 +111,6 @@ def recommend(appearance: list[str], structure: list[str]) -> dict[str, Any]:
         "structural_shift": bool(structure),
         "appearance_findings": appearance,
         "structural_findings": structure,
-        "thresholds": dict(THRESHOLDS),
+        "cautions": cautions,
+        "thresholds": {**THRESHOLDS, "min_cases_per_site": MIN_CASES_PER_SITE},
     }

@@ -1,7 +1,8 @@
 """Model evidence: can a trained model's gate tell the sites apart, and what does its choice cost?
 
-Every case goes through `segment_volumes` twice, as `uharmony evaluate` runs it: with the
-gate choosing the site weights, and (for sites the model knows) with the site given.
+Every case goes through `segment_volumes` twice, as `uharmony evaluate` runs it (with its
+`--no-mirror` option: test-time mirroring multiplies the cost by the mirrored axes + 1): with
+the gate choosing the site weights, and (for sites the model knows) with the site given.
 Gate accuracy says whether the model can personalize without being told the site; the
 Dice gap (given - gated) says what a wrong or blurred choice costs.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from UHarmonyLib.evaluation.report import MappedDataset, map_dataset, score_cases
+from UHarmonyLib.evaluation.report import MappedDataset, describe_run, map_dataset, score_cases
 from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
 from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter
@@ -28,15 +29,27 @@ def map_for_model(bundle: Bundle, data: Path) -> MappedDataset:
     return map_dataset(bundle, data, "given" if bundle.config.site_required else "auto")
 
 
-def model_evidence(bundle: Bundle, mapped: MappedDataset, device: torch.device, reporter: Reporter) -> dict[str, Any]:
-    """Per site: cases, gate accuracy, whole-lesion Dice gated and given; overall gate accuracy and notes."""
+def model_evidence(
+    bundle: Bundle, mapped: MappedDataset, device: torch.device, reporter: Reporter, mirror: bool = True
+) -> dict[str, Any]:
+    """Per site: cases, gate accuracy, whole-lesion Dice gated and given; overall gate accuracy and notes.
+
+    Both passes are `evaluate`'s own (`score_cases`), with its log line and one progress step
+    per case: stage "gated" for the gate's choice, "given" for the site named.
+    """
     gated_ok = not bundle.config.site_required
     known = [i for i, c in enumerate(mapped.cases) if mapped.plan.sites[c.site].name in bundle.site_names]
-    gated = score_cases(bundle, mapped, "auto", device, reporter)[0] if gated_ok else []
     subset = dataclasses.replace(
         mapped, cases=[mapped.cases[i] for i in known], groups=[mapped.groups[i] for i in known]
     )
-    given = score_cases(bundle, subset, "given", device, reporter)[0] if known else []
+    reporter.log(describe_run(bundle, mapped, device, mirror))
+    run: dict[str, Any] = {"device": str(device), "precision": "", "passes": 1}
+    gated: list[dict[str, Any]] = []
+    given: list[dict[str, Any]] = []
+    if gated_ok:
+        gated, run = score_cases(bundle, mapped, "auto", device, reporter, mirror, stage="gated")
+    if known:
+        given, run = score_cases(bundle, subset, "given", device, reporter, mirror, stage="given")
     sites: dict[str, dict[str, Any]] = {}
     for s in mapped.plan.sites:
         rows = [r for r in gated if r["site"] == s.name]
@@ -72,4 +85,5 @@ def model_evidence(bundle: Bundle, mapped: MappedDataset, device: torch.device, 
         "sites": sites,
         "notes": notes,
         "segmentations": len(gated) + len(given),
+        **run,
     }

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from typing import Any
 
 import numpy as np
 
-from UHarmonyLib.diagnose.features import HIST_EDGES, CaseFeatures
+from UHarmonyLib.diagnose.compare import PERMUTATIONS
+from UHarmonyLib.diagnose.features import HIST_EDGES, LESION_MARGIN_MM, CaseFeatures
 
 
 def _png(fig: Any) -> str:
@@ -22,13 +24,36 @@ def _png(fig: Any) -> str:
 
 
 def _figure(cols: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, Any]:
+    """One row of plots; constrained layout keeps tick labels clear of the neighbouring plot and colour bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, cols, figsize=(width * cols, height), squeeze=False)
+    fig, axes = plt.subplots(1, cols, figsize=(width * cols, height), squeeze=False, layout="constrained")
     return fig, axes[0]
+
+
+WRAP = 12  # characters per line of a site name on a plot axis
+CELL_INCHES = 0.45  # room per site along a site axis, so many sites do not crowd their labels
+
+
+def _tick_font(sites: list[str]) -> float:
+    """Points: 8 for a few sites, down to 5 for many."""
+    return max(5.0, min(8.0, 48.0 / len(sites)))
+
+
+def _site_names(sites: list[str]) -> list[str]:
+    """Site names wrapped (at hyphens where possible) so long names stack instead of running into each other."""
+    return [textwrap.fill(s, WRAP) for s in sites]
+
+
+def _site_axis(ax: Any, sites: list[str], y: bool = False) -> None:
+    """Site names as x tick labels (vertical, wrapped, sized to the site count), and as y tick labels if `y`."""
+    names, size = _site_names(sites), _tick_font(sites)
+    ax.set_xticks(range(len(sites)), names, rotation=90, fontsize=size)
+    if y:
+        ax.set_yticks(range(len(sites)), names, fontsize=size)
 
 
 def histogram_plot(cases: list[CaseFeatures], sites: list[str], channels: list[str]) -> str:
@@ -48,9 +73,19 @@ def histogram_plot(cases: list[CaseFeatures], sites: list[str], channels: list[s
 
 
 def distance_plot(pairs: list[dict[str, Any]], sites: list[str], channels: list[str]) -> str:
-    """Per channel: the site-by-site W1 distance between barycentres, annotated with the cross/within ratio."""
-    fig, axes = _figure(len(channels), 4.2, 3.8)
+    """The distance figure as a base64 PNG."""
+    return _png(distance_figure(pairs, sites, channels))
+
+
+def distance_figure(pairs: list[dict[str, Any]], sites: list[str], channels: list[str]) -> Any:
+    """Per channel: the site-by-site W1 distance between barycentres, annotated with the cross/within ratio.
+
+    Each site gets room on both axes, so labels stay readable however many sites there are.
+    """
+    side = max(3.0, CELL_INCHES * len(sites))
+    fig, axes = _figure(len(channels), side + 1.2, side + 1.2)
     top = max([p["distance"] for p in pairs] + [0.1])
+    ratio_font = min(7.0, _tick_font(sites))
     for ax, channel in zip(axes, channels):
         grid = np.full((len(sites), len(sites)), np.nan)
         np.fill_diagonal(grid, 0.0)
@@ -60,18 +95,17 @@ def distance_plot(pairs: list[dict[str, Any]], sites: list[str], channels: list[
             if p["ratio"] is not None:
                 colour = "k" if p["distance"] > top / 2 else "w"
                 for a, b in ((i, j), (j, i)):
-                    ax.text(b, a, f"{p['ratio']:.1f}x", ha="center", va="center", fontsize=7, color=colour)
+                    ax.text(b, a, f"{p['ratio']:.1f}x", ha="center", va="center", fontsize=ratio_font, color=colour)
         image = ax.imshow(grid, vmin=0.0, vmax=top, cmap="viridis")
-        ax.set_xticks(range(len(sites)), sites, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(sites)), sites, fontsize=8)
+        _site_axis(ax, sites, y=True)
         ax.set_title(f"{channel}: W1 between sites (sd)")
     fig.colorbar(image, ax=list(axes), shrink=0.8)
-    return _png(fig)
+    return fig
 
 
 def lesion_plot(cases: list[CaseFeatures], sites: list[str]) -> str:
     """Per site: lesions per case, each lesion's volume and its distance from the head's centre."""
-    fig, axes = _figure(3, 4.0, 3.2)
+    fig, axes = _figure(3, max(4.0, CELL_INCHES * len(sites) + 1.0), 3.2)
     columns = [
         ("lesions per case", lambda s: [c.lesion_count for c in cases if c.site == s], False),
         ("lesion volume (ml)", lambda s: [les["ml"] for c in cases if c.site == s for les in c.lesions], True),
@@ -88,26 +122,50 @@ def lesion_plot(cases: list[CaseFeatures], sites: list[str]) -> str:
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=12, alpha=0.7)
             if v:
                 ax.hlines(np.median(v), i - 0.3, i + 0.3, color="k")
-        ax.set_xticks(range(len(sites)), sites, rotation=45, ha="right", fontsize=8)
+        _site_axis(ax, sites)
         ax.set_title(title)
         if log:
             ax.set_yscale("log")
     return _png(fig)
 
 
-def _cell(value: Any) -> str:
+def _text(value: Any) -> str:
+    """A table value for people: numbers to 3 figures, lists joined, a per-channel dict as 'T1 41.2, T2 38.5'."""
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return html.escape(", ".join(_cell(v) for v in value))
-    return html.escape(str(value))
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _voxels(spacings: list[list[float]]) -> str:
+    """Voxel sizes as '1×1×3; 2×2×4' (one entry per distinct grid), not a flat list of numbers."""
+    return "; ".join("×".join(_text(float(v)) for v in spacing) for spacing in spacings)
+
+
+def _site_row(name: str, site: dict[str, Any]) -> list[Any]:
+    """One row of the Sites table (its header lists the columns)."""
+    return [
+        name,
+        site["cases"],
+        site["channels"],
+        _voxels(site["spacing_mm"]),
+        site["labels"],
+        site["snr"],
+        site["bias"],
+        site["lesions_per_case"],
+    ]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_text(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -115,11 +173,27 @@ def _list(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>" if items else "<p>none</p>"
 
 
+# the method in a few sentences: the page is opened away from the repository, so it explains itself
+METHOD = [
+    "Appearance is measured per case and channel on normal tissue only (the head minus the annotated lesions "
+    f"dilated by {LESION_MARGIN_MM:g} mm), after a robust z-score per image, so gain and offset, which every "
+    "model's input normalization removes anyway, do not count, and more or larger lesions do not look like "
+    "another scanner.",
+    "W1 is the Wasserstein distance between two intensity distributions (the mean absolute difference of their "
+    "quantile functions, in robust sd). 'cross/within' divides the mean W1 between cases of two sites by the mean "
+    "W1 between cases of one site: about 1 when the sites are exchangeable. SNR is (median tissue - median "
+    "background) / background sd; a fold is the larger site median over the smaller.",
+    f"Structure: permutation tests (F ratio, {PERMUTATIONS} permutations) of lesions per case and of each lesion's log "
+    "volume, depth and 3-D position relative to the head's centre; eta² is the share of the feature's variance "
+    "the sites explain. Lesions are permuted as if independent, so p-values are approximate.",
+    "A shift is declared when a figure passes the thresholds below; with a model, each case is segmented with the "
+    "gate choosing the site and with the site given, and the results inform the notes, not the recommendation.",
+]
 STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
     "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px}"
     "th{background:#f0f0f0}.verdict{font-size:1.4em;padding:0.6em;background:#eef6ee;border-left:6px solid #3a3}"
-    "img{max-width:100%}"
+    "img{max-width:100%}.caution{padding:0.5em;background:#fff4e0;border-left:6px solid #e90}"
 )
 
 
@@ -133,6 +207,7 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
         f"<h1>Domain-shift diagnosis of {html.escape(summary['dataset']['name'])}</h1>",
         f"<p>{len(cases)} cases from {len(sites)} sites; channels {html.escape(', '.join(channels))}.</p>",
         f"<p class='verdict'>Recommendation: <b>{html.escape(decision['recommendation'])}</b></p>",
+        *(f"<p class='caution'>Caution: {html.escape(c)}</p>" for c in decision["cautions"]),
         f"<p>{html.escape(decision['advice'])}</p>",
         "<h2>Evidence of an appearance shift</h2>",
         _list(decision["appearance_findings"]),
@@ -143,7 +218,7 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
         m = summary["model"]
         parts += [
             f"<h2>Model evidence ({html.escape(m['model'])})</h2>",
-            f"<p>Gate accuracy on cases of sites the model knows: {_cell(m['gate_accuracy'])}</p>",
+            f"<p>Gate accuracy on cases of sites the model knows: {html.escape(_text(m['gate_accuracy']))}</p>",
             _table(
                 ["site", "known", "cases", "gate accuracy", "Dice gated", "Dice given"],
                 [
@@ -165,10 +240,7 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
         "<h2>Sites</h2>",
         _table(
             ["site", "cases", "channels", "voxel (mm)", "labels", "median SNR", "median bias sd", "lesions/case"],
-            [
-                [n, s["cases"], s["channels"], s["spacing_mm"], s["labels"], s["snr"], s["bias"], s["lesions_per_case"]]
-                for n, s in summary["sites"].items()
-            ],
+            [_site_row(n, s) for n, s in summary["sites"].items()],
         ),
         "<h2>Site pairs (appearance)</h2>",
         _table(
@@ -183,10 +255,12 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
             ["feature", "permuted", "samples", "F", "p", "eta²"],
             [[t["feature"], t["unit"], t["samples"], t["f"], t["p"], t["eta2"]] for t in summary["structure_tests"]],
         ),
+        "<h2>How the evidence is measured</h2>",
+        *(f"<p>{html.escape(text)}</p>" for text in METHOD),
         "<h2>Thresholds</h2>",
         _table(["threshold", "value"], [[k, v] for k, v in decision["thresholds"].items()]),
         f"<p>Command: <code>{html.escape(summary['command'])}</code>; {summary['seconds']:.1f} s; "
-        f"{html.escape(summary['software'])}. How the evidence is measured: docs/harmonization.md.</p>",
+        f"{html.escape(summary['software'])}.</p>",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"

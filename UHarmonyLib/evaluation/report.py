@@ -114,6 +114,16 @@ def _gate_fields(decision: GateDecision) -> dict[str, Any]:
     }
 
 
+def describe_run(bundle: Bundle, mapped: MappedDataset, device: torch.device, mirror: bool) -> str:
+    """The log line before the cases are segmented: what runs on what, and whether it mirrors (the slow part)."""
+    mirroring = (
+        "with test-time mirroring (--no-mirror: one pass, faster)"
+        if mirror
+        else "without test-time mirroring (--no-mirror)"
+    )
+    return f"model {bundle.label_text}: {len(mapped.cases)} cases from {mapped.file}; device {device}, {mirroring}"
+
+
 def score_cases(
     bundle: Bundle,
     mapped: MappedDataset,
@@ -121,8 +131,12 @@ def score_cases(
     device: torch.device,
     reporter: Reporter,
     mirror: bool = True,
+    stage: str = "evaluate",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Segment and score every case (one in memory at a time); returns the rows and the device/precision used."""
+    """Segment and score every case (one in memory at a time), one `stage` progress step per case.
+
+    Returns the rows and the device, precision and passes used.
+    """
     rows = []
     run: dict[str, Any] = {"device": str(device), "precision": "", "passes": 1}
     for i, (case, groups) in enumerate(zip(mapped.cases, mapped.groups)):
@@ -145,7 +159,7 @@ def score_cases(
             }
         )
         run = {"device": result.device, "precision": result.precision, "passes": result.passes}
-        reporter.progress("evaluate", i + 1, len(mapped.cases))
+        reporter.progress(stage, i + 1, len(mapped.cases))
     return rows, run
 
 

@@ -114,16 +114,21 @@ class _Engine:
             torch.cat(probs).numpy(), torch.cat(vectors).numpy(), torch.cat(weights).numpy(), slices, padded.shape[2:]
         )
 
-    def decide(self, passed: GatePass, threshold: float) -> GateDecision:
-        """The case-level decision: aggregated probabilities, and distances to the bank where there is one."""
+    def decide(self, passed: GatePass, threshold: float, site: str = "auto") -> GateDecision:
+        """The case-level decision: aggregated probabilities (or the named site), and distances to the bank if any."""
         bank = self.bundle.bank
         distances = None
         if bank is not None:
             distances = bank.distances(self.net.gate, case_vector(passed.vectors, passed.weights))
+        if site == "auto":
+            probabilities = aggregate(passed.probabilities, passed.weights)
+        else:
+            probabilities = given_site(self.bundle.site_names, site, threshold).probabilities
         return GateDecision(
             self.bundle.site_names,
-            aggregate(passed.probabilities, passed.weights),
+            probabilities,
             threshold,
+            given=site != "auto",
             window_probabilities=passed.probabilities,
             distances=distances,
             distance_threshold=bank.threshold if bank is not None else float("inf"),
@@ -198,9 +203,9 @@ def _run(
     t = time.perf_counter()
     gate_map = None
     with torch.inference_mode():
-        if site == "auto":
+        if site == "auto" or bundle.bank is not None:  # a named site is still checked against the bank
             passed = engine.gate_pass(x)
-            decision = engine.decide(passed, threshold)
+            decision = engine.decide(passed, threshold, site)
             if want_gate_map:
                 gate_map = _gate_map(decision, passed.weights, passed.slices, passed.padded, tuple(x.shape[2:]))
             total = len(passed.slices)
@@ -236,7 +241,7 @@ def segment_volumes(
     device = device or torch.device("cpu")
     check_site(bundle, site)
     if want_gate_map and site != "auto":
-        raise InputError("--gate-map needs the gate, which does not run when --site names the site")
+        raise InputError("--gate-map shows the gate's choice of site, which --site replaces")
     t0 = time.perf_counter()
     space = ModelSpace.for_image(images[0], bundle.preprocessing)
     x = model_input(space, images, bundle.preprocessing, bundle.channel_names).unsqueeze(0)

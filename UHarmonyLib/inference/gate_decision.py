@@ -6,7 +6,9 @@ probability drives every window of the segmentation pass, so all patches of a ca
 segmented with the same site weights. A case is unfamiliar when that vector is
 undecided (high normalized entropy) or, where the bundle has a gate bank, when its
 signature lies far from every known site's (the softmax alone is over-confident on
-scanners it never saw).
+scanners it never saw). When the user names the site the gate's choice is not used, but
+the distance is still measured: naming a site does not make a strange scanner familiar.
+Without a bank that check is impossible, and `familiar` is None rather than a guess.
 """
 
 from __future__ import annotations
@@ -56,17 +58,26 @@ class GateDecision:
         return None if self.distances is None else self.sites[int(np.argmin(self.distances))]
 
     @property
-    def familiar(self) -> bool:
-        far = self.distance is not None and self.distance > self.distance_threshold
-        return self.given or (self.entropy <= self.familiar_threshold and not far)
+    def far(self) -> bool:
+        """The case's signature lies beyond the bank's threshold from every known site."""
+        return self.distance is not None and self.distance > self.distance_threshold
+
+    @property
+    def familiar(self) -> bool | None:
+        """Auto: confident and near a known site; site given: near a known site; None: given and no bank."""
+        if self.given:
+            return None if self.distances is None else not self.far
+        return self.entropy <= self.familiar_threshold and not self.far
 
     @property
     def concern(self) -> str:
-        """Why the case is unfamiliar, in plain words; empty when it is familiar."""
+        """Why the case is unfamiliar (or why that was not checked), in plain words; empty when it is familiar."""
+        if self.familiar is None:
+            return "the site was named and the model has no gate bank to measure the case's distance to its sites"
         if self.familiar:
             return ""
         reasons = []
-        if self.distance is not None and self.distance > self.distance_threshold:
+        if self.far:
             reasons.append(
                 f"its scanner signature is far from every known site (distance {self.distance:.2f} to "
                 f"{self.nearest}, familiar up to {self.distance_threshold:.2f})"
@@ -83,6 +94,7 @@ class GateDecision:
             "chosen": self.chosen,
             "entropy": round(self.entropy, 6),
             "familiar": self.familiar,
+            "familiar_reason": self.concern or None,
             "distance": None if self.distance is None else round(self.distance, 4),
             "nearest_site": self.nearest,
             "familiar_distance": None if self.distances is None else round(self.distance_threshold, 4),
@@ -99,7 +111,7 @@ def aggregate(window_probs: np.ndarray, window_weights: np.ndarray) -> np.ndarra
 
 
 def given_site(sites: list[str], name: str, threshold: float) -> GateDecision:
-    """The decision when the user names the site: one-hot, the gate is not run."""
+    """The decision when the user names the site: one-hot weights; familiarity unknown without the gate's pass."""
     p = np.zeros(len(sites))
     p[sites.index(name)] = 1.0
     return GateDecision(sites, p, threshold, given=True)
