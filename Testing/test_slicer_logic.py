@@ -417,7 +417,10 @@ def test_unfamiliar_cases_are_explained_in_plain_words() -> None:
     both = unfamiliar_message({**base, "entropy": 0.93, "distance": 3.2, "familiar_distance": 1.4})
     assert " and the model cannot tell" in both
     assert unfamiliar_message({**base, "familiar": True, "entropy": 0.1}) == ""
-    assert unfamiliar_message({**base, "site_given": True, "entropy": 1.0}) == ""
+    assert unfamiliar_message({**base, "familiar": None, "entropy": 1.0}) == ""  # no gate bank: not checked
+    named = {**base, "site_given": True, "entropy": 0.93, "distance": 3.2, "familiar_distance": 1.4}
+    assert "3.20 away from the nearest known site" in unfamiliar_message(named)  # a named site far from all
+    assert "cannot tell" not in unfamiliar_message(named)  # the gate's doubt does not count: the user chose
 
 
 def test_segments_carry_the_bundled_models_snomed_codes_into_saved_files(scene, tmp_path: Path) -> None:

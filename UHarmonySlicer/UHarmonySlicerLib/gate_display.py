@@ -23,6 +23,7 @@ FIELDS = (
     "chosen",
     "entropy",
     "familiar",
+    "familiar_reason",
     "distance",
     "nearest_site",
     "familiar_distance",
@@ -95,8 +96,12 @@ def link(
 
 
 def unfamiliar_message(gate: dict[str, Any]) -> str:
-    """Why the case looks unlike the model's sites, in plain words; empty when it looks familiar."""
-    if gate.get("site_given") or gate.get("familiar", True):
+    """Why the case looks unlike the model's sites, in plain words; empty when it looks familiar or was not checked.
+
+    With a named site the engine still measures the distance to every known site (when the bundle has a gate
+    bank); the gate's uncertainty does not count then, since the user chose the site.
+    """
+    if gate.get("familiar", True) in (True, None):
         return ""
     reasons = []
     distance, limit = gate.get("distance"), gate.get("familiar_distance")
@@ -106,7 +111,7 @@ def unfamiliar_message(gate: dict[str, Any]) -> str:
             f"({gate.get('nearest_site')}), while the model's own cases lie within {limit:.2f}"
         )
     entropy, threshold = gate.get("entropy"), gate.get("familiar_entropy")
-    if entropy is not None and threshold is not None and entropy > threshold:
+    if not gate.get("site_given") and entropy is not None and threshold is not None and entropy > threshold:
         reasons.append(
             f"the model cannot tell which site it resembles (uncertainty {entropy:.2f} on a 0-1 scale, "
             f"above {threshold:.2f})"
