@@ -88,13 +88,78 @@ def _inf(ind: Path, out: Path) -> Case:
     return Case([_with_voxel(ind / "inf.mha", float("inf"))], out / "seg.nii.gz", "contains 1 NaN or infinite")
 
 
-def _out_folder_missing(ind: Path, out: Path) -> Case:
-    return Case([_blob(ind / "case.nrrd")], out / "missing" / "seg.nii.gz", "does not exist")
+def _cut(path: Path, fraction: float) -> Path:
+    """`path` with only the first `fraction` of its bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _cut_file(suffix: str, fraction: float, expected: str) -> Callable[[Path, Path], Case]:
+    def case(ind: Path, out: Path) -> Case:
+        return Case([_cut(_blob(ind / f"case{suffix}"), fraction)], out / "seg.nii.gz", expected)
+
+    return case
+
+
+def _empty_file(ind: Path, out: Path) -> Case:
+    path = ind / "empty.nii.gz"
+    path.write_bytes(b"")
+    return Case([path], out / "seg.nii.gz", "file is empty")
+
+
+def _text_file(ind: Path, out: Path) -> Case:
+    path = ind / "notes.nrrd"
+    path.write_text("not an image, only text\n")
+    return Case([path], out / "seg.nii.gz", "cannot read image (not an image file SimpleITK can read)")
+
+
+def _nifti_nan(ind: Path, out: Path) -> Case:
+    return Case([_with_voxel(ind / "nan.nii.gz", float("nan"))], out / "seg.nii.gz", "contains 1 NaN or infinite")
+
+
+def _nifti_inf(ind: Path, out: Path) -> Case:
+    return Case([_with_voxel(ind / "inf.nii", float("-inf"))], out / "seg.nii.gz", "contains 1 NaN or infinite")
+
+
+def _nifti_all_nan(ind: Path, out: Path) -> Case:
+    path = write_volume_file(ind / "allnan.nii.gz", array_zyx=np.full((16, 20, 24), np.nan, np.float32))
+    return Case([path], out / "seg.nii.gz", "contains 7680 NaN or infinite voxels")
+
+
+SHEAR = (1.0, 0.3, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # index axis 1 leans 17 degrees towards x
+
+
+def _sheared_axes(ind: Path, out: Path) -> Case:
+    path = write_volume_file(ind / "sheared.nrrd", spacing=(1.5, 1.5, 1.5), direction=SHEAR)
+    return Case([path], out / "seg.nii.gz", "axes are not perpendicular (sheared by 17 degrees)")
+
+
+def _sheared_nifti_sform(ind: Path, out: Path) -> Case:
+    """A NIfTI whose sform shears (as an affine registration writes it); ITK would take its qform instead."""
+    nib = pytest.importorskip("nibabel")
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    affine[0, 1] = 0.45
+    image = nib.Nifti1Image(blob_array((24, 20, 16)).transpose(2, 1, 0), affine)
+    image.set_qform(affine, 1)
+    image.set_sform(affine, 1)
+    path = ind / "sheared.nii.gz"
+    nib.save(image, path)
+    return Case([path], out / "seg.nii.gz", "axes are not perpendicular (sheared by 17 degrees)")
+
+
+def _bad_input_into_new_folder(ind: Path, out: Path) -> Case:
+    return Case([ind / "nowhere.nii.gz"], out / "new" / "deeper" / "seg.nii.gz", "file not found")
 
 
 def _out_parent_is_file(ind: Path, out: Path) -> Case:
     (out / "notes.txt").write_text("a regular file, not a folder\n")
     return Case([_blob(ind / "case.nrrd")], out / "notes.txt" / "seg.nii.gz", "is a file, not a folder")
+
+
+def _out_grandparent_is_file(ind: Path, out: Path) -> Case:
+    (out / "notes.txt").write_text("a regular file, not a folder\n")
+    return Case([_blob(ind / "case.nrrd")], out / "notes.txt" / "new" / "seg.nii.gz", "is a file, not a folder")
 
 
 def _unsupported_extension(ind: Path, out: Path) -> Case:
@@ -130,8 +195,22 @@ CASES: dict[str, Callable[[Path, Path], Case]] = {
     "constant-volume": _constant,
     "nan-voxel": _nan,
     "inf-voxel": _inf,
-    "output-folder-missing": _out_folder_missing,
+    "empty-file": _empty_file,
+    "text-file-named-nrrd": _text_file,
+    "nii-gz-cut-at-50-percent": _cut_file(".nii.gz", 0.5, "compressed data is damaged or cut short"),
+    "nii-gz-cut-at-95-percent": _cut_file(".nii.gz", 0.95, "compressed data is damaged or cut short"),
+    "nii-cut-at-50-percent": _cut_file(".nii", 0.5, "file is truncated: it holds 15184 of the 30720 bytes"),
+    "nii-cut-at-95-percent": _cut_file(".nii", 0.95, "file is truncated: it holds 29166 of the 30720 bytes"),
+    "nrrd-cut-at-50-percent": _cut_file(".nrrd", 0.5, "cannot read image (image data is incomplete"),
+    "mha-cut-at-50-percent": _cut_file(".mha", 0.5, "cannot read image (image data is incomplete"),
+    "nifti-nan-voxel": _nifti_nan,
+    "nifti-inf-voxel": _nifti_inf,
+    "nifti-all-nan": _nifti_all_nan,
+    "sheared-axes": _sheared_axes,
+    "nifti-sheared-sform": _sheared_nifti_sform,
+    "bad-input-with-new-output-folder": _bad_input_into_new_folder,
     "output-parent-is-a-file": _out_parent_is_file,
+    "output-grandparent-is-a-file": _out_grandparent_is_file,
     "unsupported-extension": _unsupported_extension,
     "same-output-twice": _same_output_twice,
     "gate-json-suffix": _gate_json_suffix,
@@ -172,6 +251,23 @@ def test_bad_input_refused_without_output(case: str, mode: str, tiny_bundle: Pat
     run = run_main("segment", "--model", tiny_bundle, *c.channels, "--out", c.out, "--progress", mode, *c.extra)
     _check_refusal(run, mode, c.expected)
     assert _listing(out) == before
+
+
+def test_missing_output_folders_are_created(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Output folders that do not exist yet are created, and every output is written whole into them."""
+    case = _blob(tmp_path / "case.nrrd")
+    new = tmp_path / "results" / "new"
+    outputs = [new / "seg.nii.gz", new / "maps" / "prob.nrrd", tmp_path / "gate" / "g.json"]
+    run = run_main(
+        "segment", "--model", tiny_bundle, case, "--out", outputs[0], "--probabilities", outputs[1],
+        "--gate-json", outputs[2], "--progress", "json",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert sitk.ReadImage(str(outputs[0])).GetSize() == (24, 20, 16)
+    assert sitk.ReadImage(str(outputs[1])).GetNumberOfComponentsPerPixel() == 3
+    assert "chosen" in json.loads(outputs[2].read_text())
+    written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["case.nrrd", "g.json", "prob.nrrd", "seg.nii.gz"]  # no temporary file left
 
 
 def test_output_equal_to_input_refused(tiny_bundle: Path, tmp_path: Path) -> None:

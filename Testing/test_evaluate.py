@@ -265,12 +265,14 @@ def test_refusals_are_one_line_and_write_nothing(model: Path, dataset: Path, tmp
     outs.mkdir()
     report = outs / "r.json"
     nowhere = tmp_path / "nowhere"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file where a folder should be\n")
     cases = {
         "channel the model lacks": ((model, pd, report), [str(pd), "'PD'"]),
         "label the model lacks": ((model, necrosis, report), [str(necrosis), "'necrosis'"]),
         "missing dataset": ((model, nowhere, report), [str(nowhere), "not found"]),
         "not .json": ((model, dataset, outs / "r.txt"), [str(outs / "r.txt"), ".json"]),
-        "missing folder": ((model, dataset, tmp_path / "no" / "r.json"), ["does not exist"]),
+        "folder is a file": ((model, dataset, a_file / "r.json"), ["is a file, not a folder"]),
         "overwrites the dataset": ((model, dataset, dataset / "dataset.json"), ["dataset file"]),
         "model without a gate": ((dsbn, dataset, report), [str(dsbn), "--site given"]),
     }

@@ -1,4 +1,11 @@
-"""Atomic writes: a result appears whole under its final name, or not at all."""
+"""Atomic writes: a result appears whole under its final name, or not at all.
+
+Missing output folders are created when the result is written (not when the path is
+checked, so a refused command leaves nothing behind), and removed again if the write
+fails. Every temporary file is flushed to disk and checked before it replaces anything:
+a full disk or a file size limit makes some writers (ITK's) produce a short file
+without raising, and that must never be renamed over a good result.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from UHarmonyLib.errors import InputError
@@ -19,39 +26,102 @@ def umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
+def check_creatable(folder: Path, what: Path) -> None:
+    """Fail if `folder` (for output `what`) can neither be written into nor created.
+
+    A missing folder is fine when its nearest existing ancestor is a writable folder;
+    a file standing where a folder must be is refused.
+    """
+    existing = folder if str(folder) else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: output folder {existing} is not writable")
+
+
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be created (missing or read-only folder)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{path}: {parent} is a file, not a folder")
-    if not parent.is_dir():
-        raise InputError(f"{path}: output folder {parent} does not exist")
+    """Fail before any work if `path` cannot be created (read-only folder, a file in the way)."""
+    path = Path(path)
+    check_creatable(path.parent, path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{path}: output folder {parent} is not writable")
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path with the same suffixes; rename it onto `path` on success."""
+def _parents_made(folder: Path, what: Path) -> Iterator[None]:
+    """Create `folder` and its missing ancestors for the body; remove them again if it fails."""
+    created = [p for p in [folder, *folder.parents] if str(p) and not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{what}: cannot create folder {folder} ({e.strerror or e})") from e
+    try:
+        yield
+    except BaseException:
+        for made in created:
+            with contextlib.suppress(OSError):  # one that something else has filled meanwhile stays
+                made.rmdir()
+        raise
+
+
+def _kept(path: Path) -> str:
+    return "The previous file is kept." if path.exists() else "Nothing was written."
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync: some file systems (NFS, quotas) report a full disk only here, not on write."""
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs only a writable handle
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, verify: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling path with the same suffixes; rename it onto `path` on success.
+
+    `verify(tmp)` says what is wrong with the written file (None when it is whole); a
+    write error or a failed check raises one InputError and leaves `path` untouched.
+    """
     path = Path(path)
     check_writable(path)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, umask_mode(0o666))
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with _parents_made(path.parent, path):
+        suffix = "".join(path.suffixes) or ".tmp"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+        except OSError as e:
+            raise InputError(f"{path}: cannot write ({e.strerror or e}). {_kept(path)}") from e
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            try:
+                yield tmp_path
+                _flush_to_disk(tmp_path)
+            except OSError as e:
+                raise InputError(f"{path}: cannot write ({e.strerror or e}). {_kept(path)}") from e
+            problem = verify(tmp_path) if verify is not None else None
+            if problem is not None:
+                raise InputError(
+                    f"{path}: writing failed, the file written is damaged: {problem}; disk full? {_kept(path)}"
+                )
+            os.chmod(tmp_path, umask_mode(0o666))
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write `text` as UTF-8, read it back before the rename: a short file never replaces a whole one."""
+    data = text.encode("utf-8")
+
+    def verify(tmp: Path) -> str | None:
+        return None if tmp.read_bytes() == data else f"it holds {tmp.stat().st_size} of {len(data)} bytes"
+
+    with atomic_path(Path(path), verify) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextlib.contextmanager
@@ -60,15 +130,23 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists():
         raise InputError(f"{path}: already exists; choose a new name (bundles are never overwritten)")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: parent folder {path.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, umask_mode(0o777))
-        for f in tmp.iterdir():
-            os.chmod(f, umask_mode(0o666))
-        os.rename(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    check_creatable(path.parent, path)
+    with _parents_made(path.parent, path):
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        except OSError as e:
+            raise InputError(f"{path}: cannot write ({e.strerror or e}). Nothing was written.") from e
+        try:
+            try:
+                yield tmp
+                for f in tmp.iterdir():
+                    _flush_to_disk(f)
+            except OSError as e:
+                raise InputError(f"{path}: cannot write ({e.strerror or e}). Nothing was written.") from e
+            os.chmod(tmp, umask_mode(0o777))
+            for f in tmp.iterdir():
+                os.chmod(f, umask_mode(0o666))
+            os.rename(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
