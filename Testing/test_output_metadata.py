@@ -41,6 +41,7 @@ def test_probabilities_and_seg_nrrd_gate_map_are_named(tiny_bundle: Path, volume
     assert not image.HasMetaDataKey(f"Segment{len(SITES)}_Name")
     assert [image.GetMetaData(f"Segment{i}_LabelValue") for i in range(len(SITES))] == ["1", "2", "3"]
     assert len({image.GetMetaData(f"Segment{i}_Color") for i in range(len(SITES))}) == len(SITES)
+    assert [image.GetMetaData(f"UHarmony_Value{v}_Site") for v in (1, 2, 3)] == SITE_NAMES  # kept beside segments
 
 
 def test_nifti_probabilities_and_plain_gate_map_are_named(tiny_bundle: Path, volume_file: Path, tmp_path: Path) -> None:

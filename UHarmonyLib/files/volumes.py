@@ -348,7 +348,9 @@ def write_volume(image: sitk.Image, path: Path, labels: Sequence[dict[str, Any]]
     path = Path(path)
     check_output_path(path)
     if labels is not None and _suffix(path) == ".seg.nrrd":
-        image = sitk.Image(image)
+        source, image = image, sitk.Image(image)
+        for key in source.GetMetaDataKeys():  # the copy's first SetMetaData would drop the source's own keys
+            image.SetMetaData(key, source.GetMetaData(key))
         add_segment_metadata(image, labels)
 
     def verify(tmp: Path) -> str | None:
