@@ -177,7 +177,7 @@ def test_bad_inputs_are_refused_with_one_line(structural: Path, tiny_bundle: Pat
         (["--data", missing, "--out", out], "nobody.nii.gz not found"),
         (["--data", structural, "--model", tiny_bundle, "--out", out], "channel 'T1' is not one of the model's"),
         (["--data", structural, "--out", a_file], "exists and is not a folder"),
-        (["--data", structural, "--out", tmp_path / "no" / "such"], "does not exist"),
+        (["--data", structural, "--out", a_file / "report"], "taken is a file, not a folder"),
     ]
     for args, message in cases:
         line = assert_one_line_error(run_main("diagnose", *args))

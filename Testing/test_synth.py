@@ -270,7 +270,7 @@ def test_bad_json_and_arguments_refused(tmp_path: Path) -> None:
         (["--scenario", "none"], "needs --out DIR"),
         (["--out", tmp_path / "o"], "needs --scenario"),
         (["--scenario", "none", "--out", tmp_path / "o", "--spacing", 0.5], "--spacing must be from 1 to 8"),
-        (["--scenario", "none", "--out", tmp_path / "nowhere" / "o"], "does not exist"),
+        (["--scenario", "none", "--out", tmp_path / "broken.json" / "o"], "broken.json is a file, not a folder"),
     ]
     for args, expected in cases:
         run = run_main("synth", *args)
@@ -313,3 +313,11 @@ def test_read_dataset_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": ["x.nii.gz"], "label": "y.nii.gz"}]}))
     with pytest.raises(InputError, match=r"training\[0\]: file .*x.nii.gz not found"):
         read_dataset(tmp_path)
+
+
+def test_missing_output_folders_are_created(tmp_path: Path) -> None:
+    """`--out` inside folders that do not exist yet: they are created and the dataset written there."""
+    out = tmp_path / "new" / "deeper" / "data"
+    run = run_main("synth", "--scenario", "none", "--out", out, "--spacing", 8, "--cases-per-site", 1)
+    assert run.code == 0, run
+    assert (out / "dataset.json").is_file() and not [p for p in out.parent.iterdir() if p.name.startswith(".")]

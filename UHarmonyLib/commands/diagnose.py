@@ -10,7 +10,7 @@ from typing import Any
 
 from UHarmonyLib.commands.evaluate import full_command
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.files.atomic import check_writable, write_text_atomic
+from UHarmonyLib.files.atomic import check_creatable, check_writable, write_text_atomic
 from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
@@ -31,11 +31,10 @@ def add_parser(verbs: Verbs) -> None:
 
 
 def check_out(out: Path) -> None:
-    """REPORT_DIR: an existing folder or a new one in an existing folder; refused before any work."""
+    """REPORT_DIR: an existing folder or one that can be created (with its parents); refused before any work."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
-    if not out.exists() and not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise InputError(f"{out}: parent folder {out.parent} does not exist")
+    check_creatable(out, out)
     for name in (REPORT_HTML, SUMMARY_JSON):
         if out.is_dir():
             check_writable(out / name)
@@ -65,7 +64,7 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     summary["command"] = full_command("diagnose", OPTIONS, args)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     page = render_html(summary, cases)
-    args.out.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(args.out / REPORT_HTML, page)
     decision = summary["decision"]

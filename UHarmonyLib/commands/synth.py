@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.files.atomic import umask_mode
+from UHarmonyLib.files.atomic import check_creatable, umask_mode
 from UHarmonyLib.options import PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
@@ -85,11 +85,7 @@ def check_out(out: Path, overwrite: bool) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if not out.exists():
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{out}: parent folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"{out}: parent folder {parent} is not writable")
+        check_creatable(out.parent, out)  # missing parents are created when the dataset is written
         return []
     if not os.access(out, os.W_OK):
         raise InputError(f"{out}: folder is not writable")
@@ -166,7 +162,9 @@ def run_synth(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     if out.exists():
         staging = Path(tempfile.mkdtemp(prefix=".uharmony-synth-", dir=out))
     else:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-synth-", dir=out.parent if str(out.parent) else "."))
+        parent = out.parent if str(out.parent) else Path(".")
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-synth-", dir=parent))
     try:
         t0 = time.perf_counter()
         data = write_dataset(
