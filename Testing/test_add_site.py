@@ -19,6 +19,7 @@ from conftest import assert_one_line_error, run_main
 from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig, train
+from UHarmonyLib.training.add_site import AddSiteConfig, _child_name
 
 PARENT_SPEC = {
     "name": "two-sites",
@@ -98,8 +99,10 @@ def test_child_is_a_new_version_and_the_parent_is_untouched(child: tuple[Path, d
     parent_card = load_bundle(parent).card
     assert (card["name"], card["version"]) == ("clinics", 2)
     assert [s["name"] for s in card["sites"]] == ["alpha", "beta", "gamma"]
+    assert "2 sites" in parent_card["title"] and card["title"] == parent_card["title"].replace("2 sites", "3 sites")
     prov = card["provenance"]
-    assert prov["parent"]["card_sha256"] == parent_card["card_sha256"]
+    assert prov["created"] and prov["software"].startswith("UHarmonyLib")  # `models info`: not "created ? by ?"
+    assert prov["parent"]["card_sha256"] == parent_card["card_sha256"] and "path" not in prov["parent"]
     assert prov["parent"]["version"] == 1
     assert len(prov["train_cases"]) == 3 and len(prov["validation_cases"]) == 1  # 4 cases, 20 % held out
     assert set(prov["initial_site_mix"]) == {"alpha", "beta"}
@@ -108,6 +111,17 @@ def test_child_is_a_new_version_and_the_parent_is_untouched(child: tuple[Path, d
     assert metrics["after"]["validation_cases"] == 1
     assert metrics["before"]["sites"]["gamma"]["cases"] == 1
     assert (out / "gate_bank.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("folder", "version"),
+    [("my-hospital-model", 2), ("clinics-v7", 7), ("clinics-v1", 2), ("other-v9", 2)],
+    ids=["plain-folder", "later-version-folder", "same-version-folder", "another-name-folder"],
+)
+def test_a_child_keeps_the_parents_name_whatever_the_folder(parent: Path, folder: str, version: int) -> None:
+    """A child is `<parent name> v<later>`: the folder may ask for a later version, never for another name."""
+    config = AddSiteConfig(model=parent, data=parent, site="gamma", out=parent.parent / folder)
+    assert _child_name(config, load_bundle(parent)) == ("clinics", version)
 
 
 def test_old_sites_are_bit_identical_with_the_site_named(child: tuple[Path, dict[str, str]], parent: Path) -> None:
@@ -190,6 +204,7 @@ def test_new_label_adds_a_class_old_sites_never_pick(parent: Path, new_site: Pat
     assert np.allclose(pa, pb[..., : pa.shape[-1]], rtol=0, atol=1e-6) and pb[..., -1].max() < 1e-30
 
 
+@pytest.mark.bad_input("add-site", by="args", words="message")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -202,6 +217,7 @@ def test_new_label_adds_a_class_old_sites_never_pick(parent: Path, new_site: Pat
 def test_refusals_are_one_line_and_write_nothing(
     parent: Path, new_site: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
+    """Refused with one error line, exit code non-zero, and no folder written."""
     out = tmp_path / "refused-v2"
     run = run_main("add-site", "--model", parent, "--data", new_site, "--out", out, *args)
     assert message in assert_one_line_error(run)

@@ -161,7 +161,9 @@ def test_site_test_separates_planted_differences() -> None:
 def test_bad_inputs_are_refused_with_one_line(structural: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     data = json.loads((structural / "dataset.json").read_text(encoding="utf-8"))
     one_site = structural / "one-site.json"
-    one_site.write_text(json.dumps({**data, "training": data["training"][:3]}), encoding="utf-8")
+    first = data["training"][0]["site"]
+    one = {**data, "training": data["training"][:3], "sites": [s for s in data.get("sites", []) if s == first]}
+    one_site.write_text(json.dumps(one), encoding="utf-8")
     bad_channel = structural / "bad-channel.json"
     entries = [dict(data["training"][0], channels=["T1", "PD", "FLAIR"]), *data["training"][1:]]
     bad_channel.write_text(json.dumps({**data, "training": entries}), encoding="utf-8")

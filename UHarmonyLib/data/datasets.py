@@ -202,6 +202,44 @@ def _names(table: Any) -> list[str]:
     return [n for _, n in sorted(pairs)]
 
 
+def _grid(path: Path, where: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """(size, spacing, origin, direction) of a file's first three axes, from its header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"{where}: cannot read image {path} ({str(e).strip().splitlines()[-1]})") from e
+    n = reader.GetDimension()
+    direction = np.reshape(reader.GetDirection(), (n, n))[:3, :3]
+    return reader.GetSize()[:3], np.array(reader.GetSpacing()[:3]), np.array(reader.GetOrigin()[:3]), direction
+
+
+def check_label_grid(image: Path, label: Path, where: str) -> None:
+    """Refuse a label map that does not lie on its case's first image's grid.
+
+    Loading resamples the label onto the image, so a label of the same size but another
+    origin, spacing or direction (a header written by another tool) would silently become
+    empty or shifted; differences below a tenth of a voxel are rounding and pass.
+    """
+    size, spacing, origin, direction = _grid(image, where)
+    l_size, l_spacing, l_origin, l_direction = _grid(label, where)
+    if l_size != size:
+        raise InputError(f"{where}: label map {label.name} has size {l_size}, its image {image.name} {size}")
+    checks = (
+        ("spacing", l_spacing, spacing, np.allclose(l_spacing, spacing, rtol=1e-3, atol=0)),
+        ("origin", l_origin, origin, np.allclose(l_origin, origin, rtol=0, atol=0.1 * float(spacing.min()))),
+        ("direction", l_direction.ravel(), direction.ravel(), np.allclose(l_direction, direction, rtol=0, atol=1e-3)),
+    )
+    for what, mine, theirs, same in checks:
+        if not same:
+            raise InputError(
+                f"{where}: label map {label.name} has its image's size but another {what} "
+                f"({', '.join(f'{v:g}' for v in mine)} vs {', '.join(f'{v:g}' for v in theirs)} in {image.name}); "
+                "labels must lie on their image's grid"
+            )
+
+
 def read_dataset(path: Path) -> list[CaseEntry]:
     """The training cases of a Decathlon-layout dataset, with absolute paths, checked to exist.
 
@@ -211,6 +249,9 @@ def read_dataset(path: Path) -> list[CaseEntry]:
     file, data = read_dataset_json(path)
     root = file.parent
     channel_names = _names(data.get("channel_names") or data.get("modality"))
+    twice = next((c for k, c in enumerate(channel_names) if c in channel_names[:k]), None)
+    if twice is not None:
+        raise InputError(f"{file}: channel '{twice}' is named twice in channel_names; each channel needs its own name")
     label_names = [n for n in _names(data.get("labels")) if n != "background"]
     entries = []
     for i, item in enumerate(data["training"]):
@@ -227,6 +268,10 @@ def read_dataset(path: Path) -> list[CaseEntry]:
         channels = item.get("channels") or (channel_names if len(images) in (1, len(channel_names)) else [])
         if len(channels) != len(images) and len(images) != 1:
             raise InputError(f"{where}: {len(images)} image files but channels {channels}")
+        twice = next((str(c) for k, c in enumerate(channels) if c in channels[:k]), None)
+        if twice is not None:
+            raise InputError(f"{where}: channel '{twice}' is listed twice in channels {channels}")
+        check_label_grid(paths[0], paths[-1], where)
         label = Path(item["label"]).name
         entries.append(
             CaseEntry(

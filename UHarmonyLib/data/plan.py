@@ -10,6 +10,7 @@ named after the dataset. Everything wrong is refused with one line before traini
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from UHarmonyLib.data.labels import KNOWN_COLORS, KNOWN_TERMINOLOGY
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
 
+# a site name ends up in cards, reports and file names: no path separators, never '.' or '..'
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+SITE_NAME_RULE = "use 1-64 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit"
 PALETTE = ["#d62728", "#ffbf00", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -238,13 +242,16 @@ def _plan_dataset(
     default_site = _dataset_name(file, data)
     for i, entry in enumerate(entries):
         where = f"{file}: training[{i}] ({entry.case})"
+        site_name = entry.site or default_site
+        if not SITE_NAME.fullmatch(site_name):
+            source = "" if entry.site else ' (the dataset\'s name, as the case names no "site")'
+            raise InputError(f"{where}: site {site_name!r}{source}: {SITE_NAME_RULE}")
         unknown = [c for c in entry.channels if c not in names]
         if unknown:
             raise InputError(f"{where}: channel '{unknown[0]}' is not in the dataset's channel_names")
         four_d = len(entry.images) == 1 and len(entry.channels) > 1
         if not entry.channels or (len(entry.channels) != len(entry.images) and not four_d):
             raise InputError(f"{where}: {len(entry.images)} image file(s) but channels {entry.channels}")
-        site_name = entry.site or default_site
         value_map, groups, group_names = _groups(_value_names(data, i, site_name), spaces.union, spaces.merges, where)
         site = sites.setdefault(site_name, Site(site_name, str(file.resolve())))
         site.cases.append(len(cases))
@@ -259,6 +266,30 @@ def _plan_dataset(
                 four_d=four_d,
             )
         )
+
+
+def _refuse_empty_sites(file: Path, data: dict[str, Any], sites: dict[str, Site]) -> None:
+    """A site the dataset lists but no case belongs to would vanish from the model unnoticed."""
+    listed = data.get("sites")
+    for site in listed if isinstance(listed, list) else []:
+        name = str(site.get("name", "")) if isinstance(site, dict) else str(site)
+        if name not in sites:
+            raise InputError(f'{file}: site {name!r} is listed in "sites" but no training case belongs to it')
+
+
+def _refuse_shared_files(datasets: list[tuple[Path, list[CaseEntry]]]) -> None:
+    """A case listed twice (or two cases sharing a file) could land in training and validation: leakage."""
+    owner: dict[Path, str] = {}
+    for file, entries in datasets:
+        for i, entry in enumerate(entries):
+            where = f"{file}: training[{i}] ({entry.case})"
+            for path in dict.fromkeys(p.resolve() for p in [*entry.images, entry.label]):
+                first = owner.setdefault(path, where)
+                if first != where:
+                    raise InputError(
+                        f"{where}: {path.name} is also a file of {first}; list each case once "
+                        "(a case listed twice can land in both training and validation)"
+                    )
 
 
 def _hold_out(sites: list[Site], val_fraction: float, seed: int) -> None:
@@ -292,12 +323,15 @@ def plan_training(
         loaded.append((file, data, entries, spaces.add(file, data)))
     if not spaces.union:
         raise InputError(f"{paths[0]}: the dataset defines no labels besides background")
+    _refuse_shared_files([(file, entries) for file, _, entries, _ in loaded])
     sites: dict[str, Site] = {}
     cases: list[PlannedCase] = []
     for file, data, entries, names in loaded:
         _plan_dataset(file, data, entries, names, spaces, sites, cases)
     if not cases:
         raise InputError(f"{paths[0]}: no training cases")
+    for file, data, _, _ in loaded:
+        _refuse_empty_sites(file, data, sites)
     _hold_out(list(sites.values()), val_fraction, seed)
     return Plan(
         channels=spaces.channels,

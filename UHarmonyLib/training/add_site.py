@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from UHarmonyLib.data.cases import LoadedCase, PlannedCase, load_case
-from UHarmonyLib.data.plan import PALETTE, Plan, Site, plan_training
+from UHarmonyLib.data.plan import PALETTE, SITE_NAME, SITE_NAME_RULE, Plan, Site, plan_training
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.evaluation.validation import evaluate
 from UHarmonyLib.inference.device import resolve_device, resolve_precision
@@ -40,7 +40,6 @@ from UHarmonyLib.training.sampling import PatchSampler
 from UHarmonyLib.training.steps import segmentation_steps
 
 GATE_STEPS = 400
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 
 
 @dataclass
@@ -70,7 +69,7 @@ def _refuse_early(config: AddSiteConfig, parent: Bundle) -> None:
     if config.out.resolve() == parent.path.resolve():
         raise InputError(f"{config.out}: is the parent bundle; the parent is never modified")
     if not SITE_NAME.fullmatch(config.site):
-        raise InputError(f"--site {config.site!r}: use 1-64 letters, digits, spaces, '.', '_' or '-'")
+        raise InputError(f"--site {config.site!r}: {SITE_NAME_RULE}")
     if config.site in parent.site_names:
         raise InputError(f"--site {config.site!r}: {parent.path} already has a site of that name")
     if config.steps < 1:
@@ -197,7 +196,8 @@ def add_site(config: AddSiteConfig, reporter: Reporter | None = None) -> dict[st
         "gate_bank_accuracy": {n: gate_accuracy.get(str(i)) for i, n in enumerate([*parent.site_names, config.site])},
         "familiar_distance": round(bank.threshold, 4),
     }
-    child["provenance"] = _provenance(parent, plan, config, mix, seconds, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    child["provenance"] = {**child["provenance"], **_provenance(parent, plan, config, mix, seconds, elapsed)}
     card = child
     path = save_bundle(net, card, config.out, bank)
     payload = {
@@ -276,9 +276,20 @@ def _parent_figures(
 
 
 def _child_name(config: AddSiteConfig, parent: Bundle) -> tuple[str, int]:
-    """`name-vN` from the output folder, else the parent's name with the next version."""
-    m = re.fullmatch(r"(.+)-v(\d+)", config.out.name)
-    return (m.group(1), int(m.group(2))) if m else (parent.card["name"], int(parent.card["version"]) + 1)
+    """The parent's name with a later version: the output folder's `<name>-vN` when it names a later one (the
+    Slicer panel picks N above every version it can see), else the parent's version + 1. The name never comes from
+    the folder, so a family of versions keeps one name."""
+    name, version = str(parent.card["name"]), int(parent.card["version"])
+    m = re.fullmatch(rf"{re.escape(name)}-v(\d+)", config.out.name)
+    return name, int(m.group(1)) if m and int(m.group(1)) > version else version + 1
+
+
+def _child_title(parent: Bundle, site: str) -> str:
+    """The parent's title with its site count brought up to date, or `+ site` when it has none to update."""
+    title = str(parent.card.get("title") or parent.card["name"])
+    count = len(parent.card["sites"])
+    updated = re.sub(rf"\b{count} sites\b", f"{count + 1} sites", title, count=1)
+    return updated if updated != title else f"{title} + {site}"
 
 
 def _child_card(parent: Bundle, net: UHarmonyNet, plan: Plan, config: AddSiteConfig) -> dict[str, Any]:
@@ -292,7 +303,7 @@ def _child_card(parent: Bundle, net: UHarmonyNet, plan: Plan, config: AddSiteCon
         net,
         name=name,
         version=version,
-        title=f"{parent.card.get('title', parent.card['name'])} + {config.site}",
+        title=_child_title(parent, config.site),
         description=(
             f"{parent.card['name']} v{parent.card['version']} with site '{config.site}'{new_labels} added by "
             f"uharmony add-site from {len(plan.cases)} case(s); "
@@ -316,7 +327,6 @@ def _provenance(
         "parent": {
             "name": parent.card["name"],
             "version": parent.card["version"],
-            "path": str(parent.path.resolve()),
             "card_sha256": parent.card["card_sha256"],
         },
         "site": config.site,

@@ -4,7 +4,7 @@ A checkpoint is a folder `step-NNNNNNNN/` in the run's work folder holding
 `state.safetensors` (model weights, the optimizer's tensors, torch's RNG state),
 `best.safetensors` (the best validated weights so far, if any) and `state.json`
 (step, scheduler, optimizer scalars and param groups, best score, loss curve, the
-run's settings, and the sha256 of both weight files). It is written into a hidden
+run's settings and runtime choices, and the sha256 of both weight files). It is written into a hidden
 temporary folder, synced, and renamed into place in one step, so a folder with a
 `step-` name is always complete; older checkpoints are removed only after that.
 """
@@ -142,6 +142,22 @@ def save_checkpoint(
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def newest_meta(work: Path) -> dict[str, Any] | None:
+    """The newest checkpoint's state.json (unverified: load_checkpoint checks it); None when there is none."""
+    found = checkpoints(work)
+    if not found:
+        return None
+    try:
+        meta = json.loads((found[-1] / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{found[-1]}: damaged checkpoint ({e}); remove it to restart from an earlier one or from 0"
+        ) from e
+    if not isinstance(meta, dict):
+        raise InputError(f"{found[-1]}: damaged checkpoint ({META} is not an object)")
+    return meta
 
 
 def load_checkpoint(work: Path) -> Checkpoint | None:

@@ -1,10 +1,11 @@
 """What one training run is: every choice in one dataclass, checked before any work.
 
 The same object drives the CLI and library callers (benchmarks), and its training
-fields are stored in each checkpoint so `--resume` can refuse a changed command. A
-field with an `Option` in its metadata is that `uharmony train` option (parser,
-parsing and the card's recorded command all read it from here); the others are
-library-only settings. Torch-free, so building the parser stays cheap.
+fields are stored in each checkpoint so `train --resume` continues with them (and
+refuses an option that contradicts them). A field with an `Option` in its metadata is
+that `uharmony train` option (parser, parsing and the card's recorded command all read
+it from here); the others are library-only settings. Torch-free, so building the
+parser stays cheap.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from UHarmonyLib.options import DEVICE, PRECISION, Option, cli, field_options, o
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
 RUNTIME_FIELDS = ("resume", "device", "command", "log_every", "checkpoint_every")
+RECORDED_RUNTIME = ("device", "log_every", "checkpoint_every")  # kept in checkpoints as the resume's defaults
 DEFAULT_STEPS = 1000
 
 
@@ -238,6 +240,29 @@ class TrainConfig:
     def training_fields(self) -> dict[str, Any]:
         """What must be equal for a checkpoint to continue this run."""
         return {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
+
+    def runtime_fields(self) -> dict[str, Any]:
+        """The runtime choices a `--resume` keeps unless given again."""
+        return {k: getattr(self, k) for k in RECORDED_RUNTIME}
+
+    def resumed(self, recorded: Mapping[str, Any], given: Collection[str], work: Path) -> TrainConfig:
+        """The run as `recorded` in its checkpoint, with the options in `given` taken from this config.
+
+        A given training setting must equal the recorded one (a resumed run cannot change what
+        it trains); the refusal names the option, the run's value and the given one.
+        """
+        names = {f.name for f in fields(self)}
+        record = replace(self, **{k: v for k, v in recorded.items() if k in names})
+        mine, theirs = self.to_json(), record.to_json()
+        for opt in field_options(TrainConfig):
+            key = opt.dest
+            if key in given and key not in RUNTIME_FIELDS and mine[key] != theirs[key]:
+                was = shlex.join(opt.words(getattr(record, key), keep=True)) or f"no {opt.flag}"
+                raise InputError(
+                    f"{shlex.join(opt.words(getattr(self, key), keep=True))}: the run in {work} was started with "
+                    f"{was}; leave {opt.flag} out to continue it, or delete the folder to start over"
+                )
+        return replace(record, **{k: getattr(self, k) for k in given if k in names})
 
     def command_line(self, steps: int) -> str:
         """An equivalent `uharmony train` line for the card: the resolved step count and the main settings always,

@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,14 @@ from UHarmonyLib.model.weights import make_card, save_bundle, unique_state
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
-from UHarmonyLib.training.checkpoint import Checkpoint, checkpoints, load_checkpoint, remove_stale, save_checkpoint
+from UHarmonyLib.training.checkpoint import (
+    Checkpoint,
+    checkpoints,
+    load_checkpoint,
+    newest_meta,
+    remove_stale,
+    save_checkpoint,
+)
 from UHarmonyLib.training.config import TrainConfig
 from UHarmonyLib.training.losses import MarginalDiceCELoss
 from UHarmonyLib.training.patches import prepare_case
@@ -295,6 +303,7 @@ class Trainer:
         meta = {
             "total_steps": self.total,
             "config": json.loads(json.dumps(self.config.training_fields())),
+            "runtime": self.config.runtime_fields(),
             "datasets": self.plan.datasets,
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
@@ -307,19 +316,24 @@ class Trainer:
         save_checkpoint(self.config.work_dir, step, self.net, self.optimizer, meta, self.best_state)
         self.saved_step = step
 
-    def _on_interrupt(self, _signum: int, _frame: Any) -> None:
-        """First Ctrl-C: stop after the current step with a checkpoint; a second one stops at once."""
+    def _on_interrupt(self, signum: int, _frame: Any) -> None:
+        """First Ctrl-C (or SIGTERM): stop after the current step with a checkpoint; a second one stops at once."""
         self.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signum, signal.default_int_handler)
 
     def run(self) -> None:
-        """Steps from the current one to the end, logging, validating and checkpointing on schedule."""
+        """Steps from the current one to the end, logging, validating and checkpointing on schedule.
+
+        Ctrl-C, and SIGTERM where the CLI turned it into one, stop after a checkpoint of the step
+        reached; a signal left at its default (SIGTERM in library callers) or ignored (background
+        jobs) keeps its usual effect.
+        """
         cfg = self.config
         self.net.train()
         self.stop_requested = False
         main = threading.current_thread() is threading.main_thread()
-        catch = main and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)  # not in ignoring jobs
-        previous = signal.signal(signal.SIGINT, self._on_interrupt) if catch else None
+        caught = [s for s in (signal.SIGINT, signal.SIGTERM) if main and callable(signal.getsignal(s))]
+        previous = {s: signal.signal(s, self._on_interrupt) for s in caught}
         try:
             for step in range(self.step + 1, self.total + 1):
                 t = time.perf_counter()
@@ -336,11 +350,13 @@ class Trainer:
                 if step < self.total and (step % cfg.checkpoint_every == 0 or self.stop_requested):
                     self.checkpoint(step)
                 if self.stop_requested and step < self.total:
-                    self.reporter.log(f"interrupted: saved step {step}; continue with --resume", "warning")
-                    raise KeyboardInterrupt
+                    raise KeyboardInterrupt(
+                        f"interrupted at step {step} of {self.total}; saved a checkpoint in {cfg.work_dir}: "
+                        "continue with --resume"
+                    )
         finally:
-            if catch:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def log_losses(self, step: int) -> None:
         """Mean losses of the steps since the last log: reported and kept in the card's loss curve."""
@@ -415,6 +431,23 @@ class Trainer:
             "channels": self.plan.channels,
             "labels": self.plan.label_names,
         }
+
+
+def resume_config(config: TrainConfig, given: Collection[str]) -> TrainConfig:
+    """`train --resume`: the interrupted run's recorded settings, `given` options checked against them.
+
+    Refuses (one line) an `--out` with no checkpoint, which a mistyped folder would otherwise
+    turn into a fresh run with default settings; library callers' `resume=True` still means
+    "continue if there is a checkpoint".
+    """
+    _check_paths(config)
+    meta = newest_meta(config.work_dir)
+    if meta is None:
+        raise InputError(
+            f"--out {config.out}: nothing to resume (no checkpoint in {config.work_dir}); "
+            "check the folder, or leave out --resume to start a new run"
+        )
+    return config.resumed({**meta.get("config", {}), **meta.get("runtime", {})}, given, config.work_dir)
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None) -> Path:
