@@ -92,7 +92,9 @@ def child(parent: Path, new_site: Path, tmp_path_factory: pytest.TempPathFactory
     return out, before
 
 
-def test_child_is_a_new_version_and_the_parent_is_untouched(child: tuple[Path, dict[str, str]], parent: Path) -> None:
+def test_child_is_a_new_version_and_the_parent_is_untouched(
+    child: tuple[Path, dict[str, str]], parent: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     out, before = child
     assert _tree_digest(parent) == before
     card = load_bundle(out).card
@@ -103,6 +105,10 @@ def test_child_is_a_new_version_and_the_parent_is_untouched(child: tuple[Path, d
     prov = card["provenance"]
     assert prov["created"] and prov["software"].startswith("UHarmonyLib")  # `models info`: not "created ? by ?"
     assert prov["parent"]["card_sha256"] == parent_card["card_sha256"] and "path" not in prov["parent"]
+    where = str(tmp_path_factory.getbasetemp())  # cards travel between sites: no local folder in them
+    assert where not in json.dumps(card) and where not in json.dumps(parent_card)
+    assert (parent_card["sites"][0]["dataset"], card["sites"][2]["dataset"]) == ("two-sites", "clinic")  # names
+    assert [set(d) for d in prov["data"]] == [{"name", "sha256", "mni_template"}]
     assert prov["parent"]["version"] == 1
     assert len(prov["train_cases"]) == 3 and len(prov["validation_cases"]) == 1  # 4 cases, 20 % held out
     assert set(prov["initial_site_mix"]) == {"alpha", "beta"}
@@ -126,7 +132,7 @@ def test_a_child_keeps_the_parents_name_whatever_the_folder(parent: Path, folder
 
 def test_old_sites_are_bit_identical_with_the_site_named(child: tuple[Path, dict[str, str]], parent: Path) -> None:
     old, new = load_bundle(parent), load_bundle(child[0])
-    images, _, site = _images(Path(old.card["sites"][0]["dataset"]).parent)
+    images, _, site = _images(parent.parent / "data")
     for name in ("alpha", "beta"):
         a = segment_volumes(old, images, site=name, want_probabilities=True)
         b = segment_volumes(new, images, site=name, want_probabilities=True)
@@ -142,7 +148,7 @@ def test_gate_recognizes_old_sites_from_the_bank_and_the_new_one(
     accuracy = new.card["metrics"]["gate_bank_accuracy"]
     assert set(accuracy) == {"alpha", "beta", "gamma"}
     assert min(accuracy.values()) >= 0.9, accuracy
-    old_data = Path(load_bundle(parent).card["sites"][0]["dataset"]).parent
+    old_data = parent.parent / "data"
     for case in range(6):
         images, _, site = _images(old_data, case)
         assert segment_volumes(new, images).gate.chosen == site
@@ -157,7 +163,7 @@ def test_train_backbone_moves_old_sites(parent: Path, new_site: Path, tmp_path: 
                    "--steps", 3, "--train-backbone")  # fmt: skip
     assert run.code == 0, run
     old, new = load_bundle(parent), load_bundle(out)
-    images, _, _ = _images(Path(old.card["sites"][0]["dataset"]).parent)
+    images, _, _ = _images(parent.parent / "data")
     a = segment_volumes(old, images, site="alpha", want_probabilities=True).probabilities
     b = segment_volumes(new, images, site="alpha", want_probabilities=True).probabilities
     assert not np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
@@ -194,7 +200,7 @@ def test_new_label_adds_a_class_old_sites_never_pick(parent: Path, new_site: Pat
     old, new = load_bundle(parent), load_bundle(out)
     assert [lab["name"] for lab in new.labels] == [lab["name"] for lab in old.labels] + ["scar"]
     assert new.config.out_channels == old.config.out_channels + 1
-    images, _, _ = _images(Path(old.card["sites"][0]["dataset"]).parent)
+    images, _, _ = _images(parent.parent / "data")
     a = segment_volumes(old, images, site="beta", want_probabilities=True)
     b = segment_volumes(new, images, site="beta", want_probabilities=True)
     assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))

@@ -19,7 +19,7 @@ from UHarmonyLib.cli import COMMANDS, build_parser
 from UHarmonyLib.commands import train
 from UHarmonyLib.commands.train import config_from_args
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.options import Option, field_options, to_argv
+from UHarmonyLib.options import Option, field_options, shareable_path, to_argv
 from UHarmonyLib.resources import DEFAULT_MODEL_NAME
 from UHarmonyLib.training import TrainConfig
 
@@ -89,18 +89,22 @@ def test_config_to_argv_and_back_is_the_same_config(tmp_path: Path) -> None:
 
 
 def test_the_recorded_command_reruns_the_same_training(tmp_path: Path) -> None:
-    """The card's `uharmony train` line: runnable, the same training fields, no runtime choices."""
+    """The card's `uharmony train` line: runnable where the datasets are (paths by name only, since cards travel),
+    the same training fields, no runtime choices."""
     config = replace(_full_config(tmp_path), steps=None)
     words = shlex.split(config.command_line(steps=1000))
     assert words[:2] == ["uharmony", "train"] and "--resume" not in words and "--device" not in words
-    assert _parse_train(words[2:]).training_fields() == replace(config, steps=1000).training_fields()
+    assert str(tmp_path) not in shlex.join(words)
+    named = replace(config, steps=1000, data=[Path(shareable_path(d)) for d in config.data], out=Path(config.out.name))
+    assert _parse_train(words[2:]).training_fields() == named.training_fields()
     assert "--feature-size 24" in shlex.join(words)
     epochs = TrainConfig(data=[tmp_path / "d"], out=tmp_path / "m", epochs=3)
     line = epochs.command_line(steps=12)
     assert "--epochs 3" in line and "--steps" not in line
     for always in ("--backbone dynunet", "--norm uharmony", "--patch 64 64 64", "--batch 2", "--seed 0", "--filters"):
         assert always in line
-    assert _parse_train(shlex.split(line)[2:]).training_fields() == epochs.training_fields()
+    named = replace(epochs, data=[Path("d")], out=Path("m"))
+    assert _parse_train(shlex.split(line)[2:]).training_fields() == named.training_fields()
 
 
 def test_train_values_argparse_cannot_check_are_refused_in_one_line(tmp_path: Path) -> None:

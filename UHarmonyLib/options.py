@@ -11,8 +11,11 @@ with a plain default).
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
@@ -153,3 +156,18 @@ def field_options(cls: type[DataclassInstance]) -> list[Option]:
 def from_args(cls: type[Config], args: argparse.Namespace, **converted: Any) -> Config:
     """A `cls` from its fields' parsed options; `converted` replaces parsed values that needed checking first."""
     return cls(**{**values_of(field_options(cls), args), **converted})
+
+
+def shareable_path(value: str | os.PathLike[str]) -> str:
+    """A path as a record others read shows it: its name (a dataset.json with its folder), never where it lived."""
+    path = Path(value)
+    if path.name == "dataset.json" and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name or str(value)
+
+
+def shareable_command(words: Sequence[str]) -> str:
+    """A command line for a model card: every path argument reduced to its name (cards travel between sites)."""
+    return shlex.join(
+        shareable_path(w) if not w.startswith("-") and ("/" in w or os.sep in w) else w for w in map(str, words)
+    )

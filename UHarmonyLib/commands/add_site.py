@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.options import DEVICE, PROGRESS, Option, Verbs, add_command
+from UHarmonyLib.options import DEVICE, PROGRESS, Option, Verbs, add_command, shareable_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 OPTIONS = [
@@ -42,7 +41,7 @@ def run_add_site(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         new_labels=list(args.new_label or []),
         seed=args.seed,
         device=args.device,
-        command="uharmony " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=shareable_command(["uharmony", *sys.argv[1:]]),
     )
     payload = add_site(config, reporter)
     if not isinstance(reporter, JsonReporter):

@@ -72,8 +72,13 @@ class Plan:
     def val_cases(self) -> list[int]:
         return [i for s in self.sites for i in s.val]
 
+    def card_datasets(self) -> list[dict[str, Any]]:
+        """The datasets as a card records them: by name and checksum, never the training machine's paths."""
+        return [{k: v for k, v in d.items() if k != "path"} for d in self.datasets]
+
     def card_sites(self) -> list[dict[str, Any]]:
-        """The card's site records: what each site contributed and how it annotates."""
+        """The card's site records: what each site contributed and how it annotates (its dataset by name)."""
+        names = {d["path"]: d["name"] for d in self.datasets}
         out = []
         for s in self.sites:
             cases = [self.cases[i] for i in s.cases]
@@ -82,7 +87,7 @@ class Plan:
             out.append(
                 {
                     "name": s.name,
-                    "dataset": s.dataset,
+                    "dataset": names.get(s.dataset, Path(s.dataset).parent.name),
                     "cases": len(cases),
                     "train_cases": len(s.train),
                     "validation_cases": len(s.val),

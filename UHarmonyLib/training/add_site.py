@@ -330,7 +330,7 @@ def _provenance(
             "card_sha256": parent.card["card_sha256"],
         },
         "site": config.site,
-        "data": plan.datasets,
+        "data": plan.card_datasets(),
         "train_cases": [plan.cases[i].entry.case for i in new_site.train],
         "validation_cases": [plan.cases[i].entry.case for i in new_site.val],
         "initial_site_mix": {n: round(float(p), 4) for n, p in zip(parent.site_names, mix)},

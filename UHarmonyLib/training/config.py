@@ -20,7 +20,17 @@ from typing import Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.nn.config import BACKBONES, NORMS
-from UHarmonyLib.options import DEVICE, PRECISION, Option, cli, field_options, option, text, to_argv
+from UHarmonyLib.options import (
+    DEVICE,
+    PRECISION,
+    Option,
+    cli,
+    field_options,
+    option,
+    shareable_command,
+    text,
+    to_argv,
+)
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
 RUNTIME_FIELDS = ("resume", "device", "command", "log_every", "checkpoint_every")
@@ -273,4 +283,4 @@ class TrainConfig:
             values.update(steps=steps, epochs=None)
         width = "filters" if self.backbone == "dynunet" else "feature_size"
         always = ("backbone", "norm", "steps", "patch", "batch_size", "seed", width)
-        return shlex.join(["uharmony", "train", *to_argv(options, values, always)])
+        return shareable_command(["uharmony", "train", *to_argv(options, values, always)])

@@ -412,7 +412,7 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision,
             "resumed_from": self.resumed_from,
-            "data": self.plan.datasets,
+            "data": self.plan.card_datasets(),
             "loss_curve": self.loss_curve,
         }
         self.net.eval()
