@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import torch
 from conftest import (
     CHANNELS,
     LABELS,
+    REPO,
     SITES,
     assert_one_line_error,
     run_main,
@@ -179,6 +184,7 @@ def test_models_info_text_and_json(tiny_bundle: Path) -> None:
     assert printed["format_version"] == FORMAT_VERSION
 
 
+@pytest.mark.bad_input("segment, models info: a model bundle", by="case", words={k: v[1] for k, v in REFUSALS.items()})
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_refused_bundle(case: str, tiny_bundle: Path, tmp_path: Path, volume_file: Path) -> None:
     """Every untrustworthy bundle is refused with a one-line BundleError naming the problem, in the API and CLI."""
@@ -272,3 +278,32 @@ def test_inconsistent_card_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="num_sites differs"):
         save_bundle(net, card, tmp_path / "bad")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_killed_before_its_rename_is_never_listed_and_is_cleaned_later(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """SIGKILL between a child bundle's card and its rename: the hidden folder is not a bundle, and the next
+    bundle written there removes it (its process is gone); a live writer's folder is left alone."""
+    folder = tmp_path / "models"
+    script = f"""
+import shutil, sys, time
+from pathlib import Path
+from UHarmonyLib.files.atomic import atomic_dir
+with atomic_dir(Path({str(folder / "tiny-v2")!r})) as tmp:
+    for f in Path({str(tiny_bundle)!r}).iterdir():
+        shutil.copy(f, tmp / f.name)
+    print("written", flush=True)
+    time.sleep(60)
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert child.stdout is not None and child.stdout.readline().strip() == "written"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    (left,) = folder.iterdir()
+    assert left.name.startswith(".tiny-v2-") and (left / CARD_NAME).is_file()
+    assert json.loads(run_main("models", "list", folder, "--json").stdout) == []
+    live = folder / f".other-v1-uharmony-pid{os.getpid()}-abc"  # this process is alive: not stale
+    live.mkdir()
+    save_bundle(tiny_net(0), read_card(tiny_bundle), folder / "tiny-v3")
+    assert sorted(p.name for p in folder.iterdir()) == [live.name, "tiny-v3"]

@@ -124,6 +124,37 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_bytes(data)
 
 
+def _process_gone(pid: int) -> bool:
+    """Whether no process has this id (POSIX; elsewhere nothing is called gone, so nothing is removed)."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
+
+
+def remove_stale_folders(folder: Path) -> list[Path]:
+    """Remove the temporary folders of atomic_dir writes whose process was killed; returns what was removed.
+
+    A SIGKILL (or a power cut) skips the clean-up, so the next write into the same folder does it: each
+    temporary folder carries its writer's process id, and only folders of processes that no longer exist go.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".*{_TMP_TAG}*-*") if Path(folder).is_dir() else []:
+        pid = tmp.name.split(_TMP_TAG, 1)[1].split("-", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and _process_gone(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+_TMP_TAG = "-uharmony-pid"  # `.NAME-uharmony-pid<PID>-<random>`: a temporary folder of atomic_dir
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `path` (which must not exist) on success."""
@@ -131,9 +162,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     if path.exists():
         raise InputError(f"{path}: already exists; choose a new name (bundles are never overwritten)")
     check_creatable(path.parent, path)
+    remove_stale_folders(path.parent)
     with _parents_made(path.parent, path):
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_TAG}{os.getpid()}-", dir=path.parent))
         except OSError as e:
             raise InputError(f"{path}: cannot write ({e.strerror or e}). Nothing was written.") from e
         try:
