@@ -3,7 +3,7 @@
 Each site has its own small synthetic dataset. The first run is without TLS (and with
 Flower's server-side differential privacy on): it checks what reached the server and that
 each site's bundle segments its own cases. The second runs with TLS and site keys made
-in the test, and one site is killed during round 2. Rounds
+in the test, and one site is killed during round 2; its certificate and key paths are relative. Rounds
 are tiny: in a deployment every message starts a fresh ClientApp process.
 """
 
@@ -58,12 +58,12 @@ def site_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _start(*args: object, log: Path) -> subprocess.Popen[bytes]:
+def _start(*args: object, log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "UHarmonyLib", *map(str, args)],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -163,17 +163,18 @@ def test_tls_with_site_keys_survives_a_site_that_dies_mid_round(
     assert oct((certs / "server.key").stat().st_mode)[-3:] == "600"
     port = free_port()
     server_log = tmp_path / "server.log"
-    keys = [f"--site-key={certs / 'sites' / f'{s}.pub'}" for s in SITES]
+    keys = [f"--site-key=certs/sites/{s}.pub" for s in SITES]  # paths relative to the folder each process runs in
     server = _start("federated", "server", *CONTRACT, "--rounds", 2, "--min-sites", 2, "--round-timeout", 90,
-                    "--out", tmp_path / "server", "--address", f"127.0.0.1:{port}", "--tls", certs, *keys,
-                    log=server_log)  # fmt: skip
+                    "--out", tmp_path / "server", "--address", f"127.0.0.1:{port}", "--tls", "certs", *keys,
+                    log=server_log, cwd=tmp_path)  # fmt: skip
     processes.append(server)
     _wait_port(port, server, server_log)
     sites = {}
     for name, data in site_data.items():
         sites[name] = _start("federated", "site", "--site", name, "--data", data, "--state", tmp_path / name,
-                             "--superlink", f"127.0.0.1:{port}", "--root-certificates", certs / "ca.crt",
-                             "--auth-key", certs / "sites" / f"{name}.key", log=tmp_path / f"{name}.log")  # fmt: skip
+                             "--superlink", f"127.0.0.1:{port}", "--root-certificates", "certs/ca.crt",
+                             "--auth-key", f"certs/sites/{name}.key", log=tmp_path / f"{name}.log",
+                             cwd=tmp_path)  # fmt: skip
         processes.append(sites[name])
     # east dies as round 2 starts: after the server has aggregated round 1
     record_path = tmp_path / "server" / "server.json"

@@ -8,7 +8,6 @@ hospital's SuperNode; `simulate` runs every site in Flower's simulation on this 
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,13 @@ CONTRACT_OPTIONS = [
     Option("--labels", default="lesion core,edema", help="the model's labels, in order"),
     Option("--patch", type=int, default=48, help="cubic training patch (48)"),
     Option("--spacing", type=float, default=3.0, help="model grid in mm (3)"),
-    Option("--filters", default="16,32,64,128", help="DynUNet widths (16,32,64,128)"),
+    Option(
+        "--filters",
+        nargs="+",
+        default=["16", "32", "64", "128"],
+        metavar="F",
+        help="DynUNet widths, as for train (16 32 64 128; 16,32,64,128 also works)",
+    ),
     Option("--batch", type=int, default=2, help="patches per local step (2)"),
     Option("--seed", type=int, default=0),
     Option("--min-sites", type=int, default=0, help="sites a round needs (0: all)"),
@@ -80,6 +85,7 @@ CERTS_OPTIONS = [
     Option("--out", required=True, type=Path, metavar="CERTS"),
     Option("--host", action="append", default=[], help="SuperLink host name or IP (127.0.0.1)"),
     Option("--site", action="append", default=[], help="write an authentication key pair for this site"),
+    Option("--overwrite", action="store_true", help="replace existing files (every site then needs the new ca.crt)"),
 ]
 
 
@@ -109,7 +115,7 @@ def contract_from_args(args: argparse.Namespace) -> Federation:
         batch=args.batch,
         patch=args.patch,
         spacing=args.spacing,
-        filters=args.filters,
+        filters=",".join(w for word in args.filters for w in word.split(",") if w.strip()),
         seed=args.seed,
         min_sites=args.min_sites,
         round_timeout=args.round_timeout,
@@ -138,11 +144,13 @@ def run_server(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     return record
 
 
-def run_site(args: argparse.Namespace) -> int:
-    """The SuperNode in the foreground; Ctrl-C (or the service manager) stops it."""
+def run_site(args: argparse.Namespace) -> None:
+    """The SuperNode in the foreground until stopped; Ctrl-C or SIGTERM stops it and the processes it started."""
     from UHarmonyLib.errors import InputError
-    from UHarmonyLib.federated.deploy import flower_env, site_command
+    from UHarmonyLib.federated.deploy import flower_env, run_site_node, site_command
+    from UHarmonyLib.federated.names import check_name
 
+    check_name("--site", args.site)
     if not args.data.exists():
         raise InputError(f"{args.data}: dataset not found")
     for path in (args.root_certificates, args.auth_key):
@@ -152,14 +160,17 @@ def run_site(args: argparse.Namespace) -> int:
         args.superlink, args.site, args.data, args.state, args.root_certificates, args.auth_key, not args.private
     )
     args.state.mkdir(parents=True, exist_ok=True)
-    return subprocess.call(command, env=flower_env(args.state.resolve() / "flwr-home"))
+    state = args.state.resolve()
+    run_site_node(command, flower_env(state / "flwr-home"), state / "supernode.log", args.superlink)
 
 
 def _summary(record: dict[str, Any]) -> str:
+    """The rounds, the validation Dice and each site's bundle path (what a user opens next)."""
     rounds = record.get("rounds", [])
     per_round = sum(r["seconds"] for r in rounds) / max(1, len(rounds))
     dice = ", ".join(f"{k} {v:.3f}" for k, v in record.get("dice_whole_lesion", {}).items())
-    return f"{len(rounds)} round(s), {per_round:.1f} s per round; bundles written by each site; validation Dice: {dice}"
+    bundles = [f"bundle of {site}: {path}" for site, path in sorted(record.get("bundles", {}).items())]
+    return "\n".join([f"{len(rounds)} round(s), {per_round:.1f} s per round; validation Dice: {dice}", *bundles])
 
 
 def run_simulate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
@@ -174,7 +185,6 @@ def run_simulate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
 
 
 def run_certs(args: argparse.Namespace) -> None:
-    from UHarmonyLib.federated.certs import make_site_keys, make_tls
+    from UHarmonyLib.federated.certs import make_certs
 
-    files = {**make_tls(args.out, args.host or ["127.0.0.1"]), **make_site_keys(args.out / "sites", args.site)}
-    print("\n".join(f"{k}: {v}" for k, v in files.items()))
+    print("\n".join(map(str, make_certs(args.out, args.host or ["127.0.0.1"], args.site, args.overwrite))))

@@ -10,7 +10,6 @@ named after the dataset. Everything wrong is refused with one line before traini
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,11 @@ import numpy as np
 
 from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
 from UHarmonyLib.data.labels import KNOWN_COLORS, KNOWN_TERMINOLOGY
+from UHarmonyLib.data.names import SITE_NAME, SITE_NAME_RULE
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
 
 # a site name ends up in cards, reports and file names: no path separators, never '.' or '..'
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
-SITE_NAME_RULE = "use 1-64 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit"
 PALETTE = ["#d62728", "#ffbf00", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 

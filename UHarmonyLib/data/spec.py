@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from UHarmonyLib.data.mr_physics import Physics
+from UHarmonyLib.data.names import PLAIN_NAME
 from UHarmonyLib.data.physics_spec import parse_physics, physics_to_json
 from UHarmonyLib.data.scenarios import SCENARIOS
 from UHarmonyLib.data.spec_checks import Where, number, number_range, object_keys
@@ -25,7 +25,6 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.json_file import read_json
 
 GENERATOR = "uharmony synth"
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a file-name prefix: no spaces or slashes
 TOP_KEYS = ("sites", "name", "description", "defaults", "channel_naming")
 CHANNEL_NAMINGS = ("msd", "brats")  # how a physics dataset names its channels: FLAIR/T1w/t1gd/T2w or flair/t1/t1ce/t2
 ANNOTATIONS = ("full", "whole")
@@ -157,7 +156,7 @@ def parse_site(raw: Any, where: Where, defaults: dict[str, Any]) -> SiteSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise where.fail('every site needs a non-empty "name"')
-    if not SITE_NAME.match(name):
+    if not PLAIN_NAME.fullmatch(name):
         raise where.fail(f"site name {name!r} must be letters, digits, '.', '_' or '-' (64 at most)")
     where = Where(where.source, f"site '{name}' ({where.prefix.rstrip(': ')}): ")
     d = {**DEFAULT_SITE, **defaults, **raw}

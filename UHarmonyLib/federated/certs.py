@@ -3,6 +3,9 @@
 Good for 127.0.0.1 trials and tests. A real deployment should take the SuperLink's
 certificate from the hospital's own PKI (docs/federated.md); the files and flags are
 the same. Private keys are written readable by the owner only.
+
+Replacing the CA invalidates every site's copy of ca.crt, so existing files are only
+replaced with `overwrite`; every file is generated and staged before any is renamed.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -17,19 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from UHarmonyLib.files.atomic import atomic_path
+from UHarmonyLib.errors import InputError
+from UHarmonyLib.federated.names import check_host, check_name
+from UHarmonyLib.files.atomic import umask_mode
 
 DAYS = 365
-
-
-def _write(path: Path, data: bytes, private: bool = False) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        if private:
-            os.chmod(tmp, 0o600)
-    if private:
-        os.chmod(path, 0o600)
-    return path
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -47,9 +43,8 @@ def _name(common: str) -> x509.Name:
     )
 
 
-def make_tls(out: Path, hosts: list[str]) -> dict[str, Path]:
-    """ca.crt, server.pem and server.key (for `hosts`, IPs or names) in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
+def _tls_files(hosts: list[str]) -> dict[str, tuple[bytes, bool]]:
+    """ca.crt, ca.key, server.pem and server.key (for `hosts`, IPs or names): contents and whether private."""
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -86,26 +81,75 @@ def make_tls(out: Path, hosts: list[str]) -> dict[str, Path]:
     )
     pem = serialization.Encoding.PEM
     return {
-        "ca": _write(out / "ca.crt", ca.public_bytes(pem)),
-        "ca_key": _write(out / "ca.key", _key_pem(ca_key), private=True),
-        "cert": _write(out / "server.pem", cert.public_bytes(pem)),
-        "key": _write(out / "server.key", _key_pem(key), private=True),
+        "ca.crt": (ca.public_bytes(pem), False),
+        "ca.key": (_key_pem(ca_key), True),
+        "server.pem": (cert.public_bytes(pem), False),
+        "server.key": (_key_pem(key), True),
     }
 
 
-def make_site_keys(out: Path, sites: list[str]) -> dict[str, Path]:
-    """An EC P-384 key pair per site for SuperNode authentication (OpenSSH format, as Flower reads them).
+def _site_files(site: str) -> dict[str, tuple[bytes, bool]]:
+    """An EC P-384 key pair for SuperNode authentication (OpenSSH format, as Flower reads them).
 
     The server registers `<site>.pub`; the site keeps `<site>.key` and passes it to its node.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return {f"sites/{site}.key": (private, True), f"sites/{site}.pub": (public + f" {site}\n".encode(), False)}
+
+
+def make_certs(out: Path, hosts: list[str], sites: list[str], overwrite: bool = False) -> list[Path]:
+    """The trial CA, the SuperLink's certificate for `hosts` and a key pair per site in `out`; the paths written.
+
+    Refuses (before generating anything) bad names and, without `overwrite`, any file that exists already.
+    """
+    for host in hosts:
+        check_host(host)
     for site in sites:
-        key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        check_name("--site", site)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
+    names = ["ca.crt", "ca.key", "server.pem", "server.key"]
+    names += [f"sites/{site}.{kind}" for site in dict.fromkeys(sites) for kind in ("key", "pub")]
+    existing = next((out / n for n in names if (out / n).exists()), None)
+    if existing is not None and not overwrite:
+        raise InputError(
+            f"{existing}: already exists; use --overwrite to replace it "
+            "(a new CA means every site needs the new ca.crt)"
         )
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        files[f"{site}.key"] = _write(out / f"{site}.key", private, private=True)
-        files[f"{site}.pub"] = _write(out / f"{site}.pub", public + f" {site}\n".encode())
-    return files
+    files = _tls_files(hosts)
+    for site in dict.fromkeys(sites):
+        files.update(_site_files(site))
+    return _write_all({out / name: content for name, content in files.items()})
+
+
+def _write_all(files: dict[Path, tuple[bytes, bool]]) -> list[Path]:
+    """Stage every file beside its target, then rename them all: a failed write replaces nothing.
+
+    mkstemp creates files readable by the owner only; a private key keeps that mode, so it is
+    never readable by others, not even between the write and a chmod.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        try:
+            for path, (data, private) in files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+                staged.append((Path(name), path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if not private:
+                    os.chmod(name, umask_mode(0o666))
+        except OSError as e:
+            raise InputError(f"{e.filename or path}: cannot write ({e.strerror or e}); nothing was replaced") from e
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        return [path for _, path in staged]
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import torch
 from UHarmonyLib.data.labels import KNOWN_COLORS
 from UHarmonyLib.data.plan import PALETTE
 from UHarmonyLib.errors import InputError
+from UHarmonyLib.federated.names import check_name
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
 
@@ -50,6 +51,12 @@ class Federation:
     def __post_init__(self) -> None:
         if len(self.site_names) < 2 or len(set(self.site_names)) != len(self.site_names):
             raise InputError(f"--sites {self.sites}: a federation needs two or more distinct site names")
+        for site in self.site_names:  # each becomes a folder and a bundle name
+            check_name("--sites", site)
+        check_name("--name", self.name)
+        widths = [w.strip() for w in self.filters.split(",")]
+        if len(widths) < 2 or not all(w.isdigit() and int(w) > 0 for w in widths):
+            raise InputError(f"--filters {self.filters}: needs at least two positive whole-number widths")
         if self.method not in METHODS:
             raise InputError(f"--method {self.method}: unknown (use {', '.join(METHODS)})")
         if self.strategy not in STRATEGIES:

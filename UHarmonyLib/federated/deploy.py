@@ -8,18 +8,21 @@ Python's scripts first on PATH (the SuperLink and SuperNodes start `flower-super
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from UHarmonyLib.errors import InputError
+from UHarmonyLib.errors import InputError, UHarmonyError
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.files.atomic import write_text_atomic
 
@@ -37,6 +40,8 @@ class Tls:
 
     @classmethod
     def from_folder(cls, folder: Path) -> Tls:
+        """The files in `folder`, as absolute paths: Flower's CLI refuses relative ones in its config."""
+        folder = folder.resolve()
         files = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
         missing = next((p for p in files.values() if not p.is_file()), None)
         if missing is not None:
@@ -182,7 +187,7 @@ def register_sites(keys: list[Path], env: dict[str, str], log: Path) -> None:
         if not key.is_file():
             raise InputError(f"{key}: site public key not found")
         done = subprocess.run(
-            [_tool("flwr"), "supernode", "register", str(key), CONNECTION, "--format", "json"],
+            [_tool("flwr"), "supernode", "register", str(key.resolve()), CONNECTION, "--format", "json"],
             env=env,
             capture_output=True,
             text=True,
@@ -190,8 +195,13 @@ def register_sites(keys: list[Path], env: dict[str, str], log: Path) -> None:
         )
         with open(log, "a", encoding="utf-8") as f:
             f.write(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise InputError(f"{key}: the SuperLink refused to register this site key (see {log})")
+        try:  # `flwr` exits 0 with {"success": false} for some refusals
+            reply = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            reply = {}
+        if done.returncode != 0 or not reply.get("success"):
+            why = " ".join(str(reply.get("error-message", "")).split()) or f"see {log}"
+            raise InputError(f"{key}: the SuperLink refused to register this site key: {why}")
 
 
 def run_status(env: dict[str, str]) -> dict[str, Any]:
@@ -261,7 +271,78 @@ def site_command(
     node_config += f" publish={'true' if publish else 'false'}"
     command = [_tool("flower-supernode"), "--superlink", superlink, "--node-config", node_config]
     command += ["--host", "127.0.0.1", "--port", str(local_port or free_port())]
-    command += ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
+    command += ["--root-certificates", str(tls_ca.resolve())] if tls_ca else ["--insecure"]
     if auth_key:
-        command += ["--auth-supernode-private-key", str(auth_key)]
+        command += ["--auth-supernode-private-key", str(auth_key.resolve())]
     return command
+
+
+# what Flower's SuperNode prints when the SuperLink turns it away, and what the site should do
+REFUSED = "Failed to initialize the connection to the SuperLink."
+HINTS = {
+    "[code: 2001]": "start the site with --auth-key, the key whose .pub the server admits with --site-key",
+    "[code: 2004]": "this --auth-key is not one the server admits with --site-key",
+    "CERTIFICATE_VERIFY_FAILED": "--root-certificates is not the CA of the SuperLink's certificate",
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def refusal(lines: list[str]) -> str | None:
+    """Why the SuperLink refused the node, from the SuperNode's output (None if it did not)."""
+    text = [ANSI.sub("", line).strip() for line in lines]
+    if REFUSED not in text:
+        return None
+    reason = []
+    for line in text[text.index(REFUSED) + 1 :]:
+        if not line or line.startswith("The SuperNode could not"):  # Flower's generic help follows
+            break
+        reason.append(line)
+    why = " ".join(reason) or "no reason given"
+    hint = next((h for marker, h in HINTS.items() if marker in why), None)
+    return f"{why} ({hint})" if hint else why
+
+
+def run_site_node(command: list[str], env: dict[str, str], log: Path, superlink: str) -> None:
+    """Run the SuperNode until it exits, its output copied to stdout and `log`; one error line if it fails.
+
+    The node stays in this process's group, so whatever stops the group (a terminal's Ctrl-C,
+    a service manager, kill -9 of the group) stops it too. An interrupt that reaches only this
+    process (SIGTERM turned into one) stops the node, which stops the processes it started,
+    before the interrupt propagates.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    with open(log, "ab") as saved:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = process.stdout
+        assert output is not None
+
+        def copy() -> None:
+            for raw in output:
+                saved.write(raw)
+                saved.flush()
+                line = raw.decode("utf-8", errors="replace")
+                tail.append(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+        copier = threading.Thread(target=copy, daemon=True)
+        copier.start()
+        try:
+            code = process.wait()
+        except BaseException:
+            process.terminate()  # Flower's SuperNode shuts down gracefully on SIGTERM
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        finally:
+            copier.join(10)  # until its helpers, which share the pipe, have gone too
+    if code == 0:
+        return
+    why = refusal(list(tail))
+    if why is not None:
+        raise InputError(f"--superlink {superlink}: the SuperLink refused this site: {why} (see {log})")
+    last = next((ANSI.sub("", line).strip() for line in reversed(tail) if line.strip()), "no output")
+    raise UHarmonyError(f"{log}: the site's SuperNode exited with code {code}: {last}")

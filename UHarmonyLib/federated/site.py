@@ -248,7 +248,7 @@ class SiteNode:
             inference={**DEFAULT_INFERENCE, "patch_size": list(self.patch), "batch_size": c.batch},
             provenance={
                 "federated": {"contract": c.to_run_config(), "site": self.site, "rounds": rounds},
-                "data": self.plan.datasets,
+                "data": self.plan.card_datasets(),
             },
             metrics=metrics,
         )

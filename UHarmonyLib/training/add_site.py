@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from UHarmonyLib.data.cases import LoadedCase, PlannedCase, load_case
-from UHarmonyLib.data.plan import PALETTE, SITE_NAME, SITE_NAME_RULE, Plan, Site, plan_training
+from UHarmonyLib.data.names import SITE_NAME, SITE_NAME_RULE
+from UHarmonyLib.data.plan import PALETTE, Plan, Site, plan_training
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.evaluation.validation import evaluate
 from UHarmonyLib.inference.device import resolve_device, resolve_precision
