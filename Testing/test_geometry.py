@@ -27,8 +27,10 @@ from conftest import (
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
 from UHarmonyLib.files.volumes import read_volume
+from UHarmonyLib.inference.engine import segment_volumes
 from UHarmonyLib.inference.preprocessing import ModelSpace, stack_channels
 from UHarmonyLib.model.card import read_card
+from UHarmonyLib.model.weights import load_bundle
 
 SIZE = (24, 20, 16)
 SPACING = (0.9, 1.3, 2.1)
@@ -331,3 +333,37 @@ def test_downsampling_blurs_like_a_coarser_acquisition() -> None:
     assert coarse.std() < 0.6  # white noise of std 1 averaged over about a 2 mm kernel
     same = {**preprocessing, "spacing": [1.0, 1.0, 1.0]}
     assert ModelSpace.for_image(image, same).to_model(image).std() > 0.95  # no resampling: untouched
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5)], ids=["resampled", "model-grid"])
+def test_labels_are_the_argmax_of_the_probabilities_on_the_input_grid(
+    bundle_factory: BundleFactory, spacing: tuple[float, ...]
+) -> None:
+    """Labels made one class at a time (to keep memory flat) are exactly the argmax of the full probabilities."""
+    bundle = load_bundle(bundle_factory())
+    image = make_image(blob_array((40, 34, 28), seed=3), spacing=spacing, direction=PERMUTED_FLIPPED)
+    result = segment_volumes(bundle, [image], want_probabilities=True, mirror=False)
+    assert result.probabilities is not None
+    probs = sitk.GetArrayFromImage(result.probabilities)
+    values = np.array([0] + [lab["value"] for lab in LABELS])
+    expected = values[probs.argmax(-1)]
+    assert np.unique(expected).size > 1  # more than one class, or the comparison says little
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), expected)
+    assert_same_grid(result.labels, image)
+
+
+def test_a_case_larger_than_free_memory_is_warned_about(
+    tiny_bundle: Path, volume_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before segmenting, the need (bytes per input voxel, measured by benchmarks/memory.py) is set against Linux's
+    MemAvailable; a case that cannot fit gets a warning naming both, and the run goes on."""
+    import UHarmonyLib.inference.engine as engine
+
+    free = engine.available_memory()
+    assert free is not None and free > 0  # this is Linux
+    monkeypatch.setitem(engine.BYTES_PER_VOXEL, False, free)  # as if each voxel needed all of it
+    run = run_main("segment", "--model", tiny_bundle, volume_file, "--out", tmp_path / "s.nrrd", "--progress", "json")
+    assert run.code == 0, run
+    warnings = [e for e in map(json.loads, run.stdout.splitlines()) if e.get("level") == "warning"]
+    assert len(warnings) == 1 and "24 x 20 x 16 case needs about" in warnings[0]["message"]
+    assert "GB are available: it may fail or swap" in warnings[0]["message"]

@@ -372,6 +372,29 @@ def render_case_time(doc: dict[str, Any]) -> list[str]:
     return [*out, "", f"Command: `{doc.get('command')}` ({doc.get('date')})."]
 
 
+def render_memory(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/memory.py: peak memory of `uharmony segment` against the input's size."""
+    body = [
+        [
+            " x ".join(map(str, r["size"])),
+            f"{r['voxels'] / 1e6:.1f} M",
+            "yes" if r["probabilities"] else "no",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['bytes_per_voxel']:.1f}",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in doc.get("rows", [])
+    ]
+    header = ["input (1 mm)", "voxels", "--probabilities", "peak RSS MB", "bytes / input voxel", "s"]
+    out = table(header, body)
+    out += [
+        "",
+        f"Model `{doc.get('model')}`, `--no-mirror`; baseline (the same command on a 32^3 input) "
+        f"{doc.get('baseline_peak_rss_mb')} MB; bytes per voxel = (peak - baseline) / input voxels.",
+    ]
+    return [*out, "", f"Command: `{doc.get('command')}` ({doc.get('date')}, {doc.get('seconds')} s)."]
+
+
 def seed_level(name: str, per_seed: list[float], meaning: str) -> dict[str, Any]:
     """A pre-protocol seed-paired difference as a comparison: bootstrap over the seeds only (no case scores)."""
     interval = hierarchical_ci([[d] for d in per_seed])
@@ -453,6 +476,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "diagnose.json": render_diagnose,
     "federated.json": render_federated,
     "inference.json": render_inference,
+    "memory.json": render_memory,
     "reproduce.json": render_reproduce,
     "ablation.json": render_ablation,
 }

@@ -266,17 +266,15 @@ def segment_volumes(
     seconds["preprocess"] = prep
     t = time.perf_counter()
     values = np.array([0] + [lab["value"] for lab in bundle.labels], dtype=np.uint16)
-    label_dtype = np.uint8 if values.max() < 256 else np.uint16
+    values = values.astype(np.uint8 if values.max() < 256 else np.uint16)
     probabilities = None
     if space.resampled:
-        probs = torch.softmax(scores[0], dim=0).permute(1, 2, 3, 0).numpy()
-        prob_img = space.to_input(probs, sitk.sitkLinear)
-        prob_zyx = sitk.GetArrayViewFromImage(prob_img)
-        labels = space.array_to_input(values[prob_zyx.argmax(-1)].astype(label_dtype))
+        probs = torch.softmax(scores[0], dim=0).numpy()
+        labels = space.array_to_input(values[_argmax_on_input(space, probs)])
         if want_probabilities:
-            probabilities = prob_img
+            probabilities = space.to_input(probs.transpose(1, 2, 3, 0), sitk.sitkLinear)
     else:
-        labels = space.to_input(values[scores[0].argmax(0).numpy()].astype(label_dtype))
+        labels = space.to_input(values[_argmax_small(scores[0])])
         if want_probabilities:
             probabilities = space.to_input(torch.softmax(scores[0], dim=0).permute(1, 2, 3, 0).numpy())
     gate_img = space.to_input(gate_map) if gate_map is not None else None
@@ -294,8 +292,63 @@ def segment_volumes(
     )
 
 
+def _argmax_on_input(space: ModelSpace, probs: np.ndarray) -> np.ndarray:
+    """The most likely class of each input voxel, from (C, x, y, z) model-space probabilities, one class at a time.
+
+    Why one at a time: resampling every class at once holds a C-component float image and an
+    int64 argmax at input resolution (about 20 bytes per input voxel for three classes); this
+    holds one class, the running maximum and a byte per voxel. Linear interpolation acts on each
+    class alone and ties keep the first class, as argmax does, so the labels are the same.
+    """
+    best: np.ndarray | None = None
+    arg = np.zeros(0, np.uint8)
+    for c in range(probs.shape[0]):
+        image = space.to_input(probs[c], sitk.sitkLinear)
+        p = sitk.GetArrayViewFromImage(image)
+        if best is None:
+            best, arg = p.copy(), np.zeros(p.shape, np.uint8)
+            continue
+        better = p > best
+        np.copyto(best, p, where=better)
+        arg[better] = c
+    return arg
+
+
+def _argmax_small(scores: torch.Tensor, slab: int = 16) -> np.ndarray:
+    """argmax over classes of (C, x, y, z) scores as uint8, a slab of x at a time (torch's argmax is int64)."""
+    out = np.empty(scores.shape[1:], np.uint8)
+    for start in range(0, scores.shape[1], slab):
+        out[start : start + slab] = scores[:, start : start + slab].argmax(0).numpy()
+    return out
+
+
+# peak memory above the process's fixed part per input voxel, measured by benchmarks/memory.py (docs/RESULTS.md):
+# about 20 bytes for the label map, about 60 with --probabilities; rounded up
+BYTES_PER_VOXEL = {False: 24, True: 64}
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (Linux's MemAvailable); None where it cannot be asked."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def segment_files(bundle: Bundle, paths: Sequence[Path], **kwargs: Any) -> SegmentationResult:
-    """Read one file per model channel and segment them."""
+    """Read one file per model channel and segment them; warn first when the case may not fit in memory."""
     reporter = kwargs.get("reporter") or SilentReporter()
     images = read_channels(paths, bundle.channel_names, log=reporter.log)
+    voxels = int(np.prod(images[0].GetSize()))
+    needed = voxels * BYTES_PER_VOXEL[bool(kwargs.get("want_probabilities"))]
+    free = available_memory()
+    if free is not None and needed > free:
+        reporter.log(
+            f"this {' x '.join(map(str, images[0].GetSize()))} case needs about {needed / 2**30:.1f} GB more memory "
+            f"and {free / 2**30:.1f} GB are available: it may fail or swap",
+            "warning",
+        )
     return segment_volumes(bundle, images, **kwargs)
