@@ -219,6 +219,18 @@ CASES: dict[str, Callable[[Path, Path], Case]] = {
 }
 
 
+def _expected_words() -> dict[str, str]:
+    """Each case's error words, for docs/bad-inputs.md (scripts/bad_inputs_md.py); the factories write small files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        words = {}
+        for key, make in CASES.items():
+            ind, out = Path(tmp, key, "in"), Path(tmp, key, "out")
+            ind.mkdir(parents=True)
+            out.mkdir()
+            words[key] = make(ind, out).expected
+    return words
+
+
 def _listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -239,6 +251,7 @@ def _check_refusal(run: CliRun, mode: str, expected: str) -> None:
     assert expected in line, line
 
 
+@pytest.mark.bad_input("segment: an input image or output path", by="case", words=_expected_words())
 @pytest.mark.parametrize("mode", ["bar", "json"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_refused_without_output(case: str, mode: str, tiny_bundle: Path, tmp_path: Path) -> None:

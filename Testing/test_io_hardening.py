@@ -68,6 +68,7 @@ def _error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.bad_input("segment: a full disk", by="case", words={k: "The previous file is kept." for k in FULL_DISK})
 @pytest.mark.parametrize("case", list(FULL_DISK))
 def test_full_disk_keeps_the_previous_output(case: str, tiny_bundle: Path, tmp_path: Path) -> None:
     """A write that the disk cuts short fails with one error line, exit code 2, and the previous file kept."""
@@ -144,6 +145,9 @@ DAMAGED: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
+@pytest.mark.bad_input(
+    "segment: a damaged image, in a real process", by="case", words={k: w for k, (_, w) in DAMAGED.items()}
+)
 @pytest.mark.parametrize("case", list(DAMAGED))
 def test_damaged_image_gives_one_line_without_itk_internals(case: str, tiny_bundle: Path, tmp_path: Path) -> None:
     """A damaged image gives one stderr line: the file and the problem, no ITK source path or library output."""
