@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from UHarmonyLib.data.plan import PlannedCase
 from UHarmonyLib.errors import InputError
-from UHarmonyLib.files.volumes import check_values, read_channels, same_grid
+from UHarmonyLib.files.volumes import check_values, read_channels, read_image_file, same_grid
 
 
 @dataclass
@@ -30,10 +30,7 @@ class LoadedCase:
 def _read_4d(case: PlannedCase) -> list[sitk.Image]:
     """One 4-D (or multi-component) file holding every channel, as 3-D float32 images."""
     path = case.entry.images[0]
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot read image ({str(e).strip().splitlines()[-1]})") from e
+    image = read_image_file(path)  # truncation, NaN and ITK's own printing handled as for 3-D channels
     n = len(case.entry.channels)
     if image.GetNumberOfComponentsPerPixel() > 1:
         count = image.GetNumberOfComponentsPerPixel()
@@ -61,16 +58,11 @@ def load_case(case: PlannedCase, num_channels: int) -> LoadedCase:
     for image, channel in zip(images, case.channels):
         ordered[channel] = image
     path = case.entry.label
-    try:
-        label = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot read label map ({str(e).strip().splitlines()[-1]})") from e
+    label = read_image_file(path)
     if label.GetDimension() != 3 or label.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: a label map must be a 3-D scalar image")
-    if not same_grid(label, reference):
-        if label.GetSize() != reference.GetSize():
-            raise InputError(f"{path}: label map size {label.GetSize()} differs from the image's {reference.GetSize()}")
-        label = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if not same_grid(label, reference):  # plan_training refuses these first; a direct caller gets the same line
+        raise InputError(f"{path}: label map is not on its image's grid (size, spacing, origin or direction differ)")
     values = sitk.GetArrayFromImage(label)
     found = np.unique(values)
     unknown = [v for v in found.tolist() if v not in case.value_map]
