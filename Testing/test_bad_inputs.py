@@ -185,6 +185,23 @@ def _mps_without_an_apple_gpu(ind: Path, out: Path) -> Case:
     return Case([_blob(ind / "case.nrrd")], out / "seg.nrrd", "no Apple GPU (MPS) is available", ["--device", "mps"])
 
 
+def _fifo_input(ind: Path, out: Path) -> Case:
+    fifo = ind / "pipe.nii.gz"
+    os.mkfifo(fifo)  # a reader would block forever
+    return Case([fifo], out / "seg.nii.gz", "not a regular file (a pipe, socket or device)")
+
+
+def _device_link_input(ind: Path, out: Path) -> Case:
+    link = ind / "zeros.nii.gz"
+    link.symlink_to("/dev/zero")  # a reader would never reach the end
+    return Case([link], out / "seg.nii.gz", "not a regular file (a pipe, socket or device)")
+
+
+def _fifo_output(ind: Path, out: Path) -> Case:
+    os.mkfifo(out / "seg.nii.gz")  # a writer would block until someone reads
+    return Case([_blob(ind / "case.nrrd")], out / "seg.nii.gz", "is not a regular file (a pipe, socket or device)")
+
+
 CASES: dict[str, Callable[[Path, Path], Case]] = {
     "missing-file": _missing,
     "unreadable-file": _garbage,
@@ -216,6 +233,9 @@ CASES: dict[str, Callable[[Path, Path], Case]] = {
     "gate-json-suffix": _gate_json_suffix,
     "dicom-folder-without-series": _empty_dicom_folder,
     "mps-without-an-apple-gpu": _mps_without_an_apple_gpu,  # this machine has none
+    "fifo-input": _fifo_input,
+    "device-link-input": _device_link_input,
+    "fifo-output": _fifo_output,
 }
 
 

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from conftest import (
     CHANNELS,
@@ -19,13 +21,16 @@ from conftest import (
     REPO,
     SITES,
     assert_one_line_error,
+    blob_array,
     run_main,
     run_subprocess,
     save_tiny_bundle,
     tiny_net,
+    write_volume_file,
 )
 
 from UHarmonyLib.errors import BundleError, InputError
+from UHarmonyLib.files.checksum import sha256_file
 from UHarmonyLib.model.card import CARD_NAME, FORMAT_VERSION, WEIGHTS_NAME, card_digest, read_card
 from UHarmonyLib.model.weights import load_bundle, make_card, save_bundle, unique_state
 from UHarmonyLib.nn.site_weights import one_hot_weights
@@ -307,3 +312,52 @@ with atomic_dir(Path({str(folder / "tiny-v2")!r})) as tmp:
     live.mkdir()
     save_bundle(tiny_net(0), read_card(tiny_bundle), folder / "tiny-v3")
     assert sorted(p.name for p in folder.iterdir()) == [live.name, "tiny-v3"]
+
+
+class _Payload:
+    """Unpickling this runs a command: what a pickled 'model' from an untrusted source can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_in_place_of_the_weights_never_runs(tiny_bundle: Path, tmp_path: Path, volume_file: Path) -> None:
+    """Weights that are a pickle (here with a payload, signed into the card by its author) are refused, unrun."""
+    import pickle
+
+    path = _copy(tiny_bundle, tmp_path)
+    marker = tmp_path / "payload-ran"
+    (path / WEIGHTS_NAME).write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    _edit_card(path, lambda c: c["files"].update({WEIGHTS_NAME: _file_meta(path / WEIGHTS_NAME)}), rehash=True)
+    with pytest.raises(BundleError, match="unreadable weights"):
+        load_bundle(path)
+    run = run_main("segment", "--model", path, volume_file, "--out", tmp_path / "seg.nii.gz")
+    assert run.code == BundleError.exit_code and not marker.exists()
+
+
+def _file_meta(path: Path) -> dict[str, object]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def test_concurrent_writers_of_one_output_leave_one_whole_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Two `uharmony segment` processes writing the same --out at once: the file is one run's whole output."""
+    cases = [
+        write_volume_file(tmp_path / f"case{i}.nii.gz", array_zyx=blob_array((24, 20, 16), seed=i)) for i in (1, 2)
+    ]
+    alone = []
+    for i, case in enumerate(cases):
+        assert run_main("segment", "--model", tiny_bundle, case, "--out", tmp_path / f"alone{i}.nii.gz").code == 0
+        alone.append(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"alone{i}.nii.gz"))))
+    assert not np.array_equal(*alone)
+    out = tmp_path / "shared" / "seg.nii.gz"
+    command = [sys.executable, "-m", "UHarmonyLib", "segment", "--model", str(tiny_bundle), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(3):
+        runs = [subprocess.Popen([*command, str(c)], cwd=REPO, env=env, stderr=subprocess.PIPE) for c in cases]
+        assert [r.wait(timeout=300) for r in runs] == [0, 0]
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+        assert any(np.array_equal(written, a) for a in alone)
+        assert sorted(p.name for p in out.parent.iterdir()) == ["seg.nii.gz"]  # no temporary file left

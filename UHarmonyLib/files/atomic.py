@@ -47,6 +47,8 @@ def check_writable(path: Path) -> None:
     check_creatable(path.parent, path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
+    if path.exists() and not path.is_file():  # a FIFO would block the write, a device would swallow it
+        raise InputError(f"{path}: is not a regular file (a pipe, socket or device); choose a file name")
 
 
 @contextlib.contextmanager

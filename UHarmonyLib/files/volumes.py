@@ -173,6 +173,8 @@ def _nifti_problem(path: Path, reader: sitk.ImageFileReader) -> str | None:
 
 def _load(path: Path) -> sitk.Image:
     """An image file as SimpleITK reads it, after the checks its readers skip; raises _Unreadable."""
+    if not path.is_file():  # a FIFO would block the reader, /dev/zero would never end
+        raise _Unreadable("not a regular file (a pipe, socket or device)")
     if path.stat().st_size == 0:
         raise _Unreadable("file is empty")
     printed: list[str] = []
