@@ -83,6 +83,8 @@ def _rewrite(
             paths = {"image": [str(dataset / p) for p in item["image"]], "label": str(dataset / item["label"])}
             training.append({**item, **paths})
     data["training"] = training
+    if isinstance(data.get("sites"), list):  # a listed site without cases is refused: list the kept ones only
+        data["sites"] = [s for s in data["sites"] if any(t.get("site") == s for t in training)]
     if edit is not None:
         edit(data)
     folder.mkdir(parents=True)
