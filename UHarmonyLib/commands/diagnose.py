@@ -5,21 +5,52 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from UHarmonyLib.commands.evaluate import full_command
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_creatable, check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command
+from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, defaults, field_options
 from UHarmonyLib.progress import JsonReporter, Reporter
+from UHarmonyLib.training.config import DEFAULT_STEPS, TrainConfig
+
+if TYPE_CHECKING:
+    from UHarmonyLib.diagnose.trials import TrialSettings
 
 REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
 SHOWN = 6  # findings printed to the terminal; the report lists all
+# the network the trials train: train's own options (same flags, defaults and checks)
+_TRAIN = {o.dest: o for o in field_options(TrainConfig)}
+TRIAL_OPTIONS = [
+    Option("--budget-minutes", type=float, default=20.0, metavar="MIN", help="trials: time for all of them (20)"),
+    Option("--trial-seeds", type=int, default=2, metavar="N", help="trials: seeds, each its own folds (2)"),
+    Option("--trial-folds", type=int, default=2, metavar="K", help="trials: folds of each site's cases (2)"),
+    Option(
+        "--trial-max-steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        metavar="N",
+        help=f"trials: at most N steps each ({DEFAULT_STEPS}, train's default)",
+    ),
+    Option("--margin", type=float, default=0.01, help="trials: Dice gain over plain training worth advising (0.01)"),
+    Option("--harmonize-method", metavar="METHOD", help="trials: harmonization of the harmonized strategies (nyul)"),
+    *(
+        replace(_TRAIN[dest], help=f"trials: {_TRAIN[dest].help}")
+        for dest in ("patch", "filters", "batch_size", "spacing")
+    ),
+]
 OPTIONS = [
     Option("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder"),
     Option("--model", type=Path, metavar="BUNDLE", help="add the model's evidence (gate, Dice)"),
     Option("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json"),
+    Option(
+        "--trials",
+        action="store_true",
+        help="also train each strategy briefly on held-out splits and advise from the measured Dice",
+    ),
+    *TRIAL_OPTIONS,
     DEVICE,
     NO_MIRROR,
     PROGRESS,
@@ -40,6 +71,33 @@ def check_out(out: Path) -> None:
             check_writable(out / name)
 
 
+def trial_settings(args: argparse.Namespace) -> TrialSettings | None:
+    """The trials' settings, checked before any work; None without --trials (whose options it then refuses)."""
+    from UHarmonyLib.diagnose.trials import DEFAULT_METHOD, TrialSettings
+
+    if not args.trials:
+        given = next((o.flag for o in TRIAL_OPTIONS if getattr(args, o.dest) != defaults([o])[o.dest]), None)
+        if given is not None:
+            raise InputError(f"{given} sets up the outcome trials: add --trials")
+        return None
+    settings = TrialSettings(
+        seeds=args.trial_seeds,
+        folds=args.trial_folds,
+        budget_minutes=args.budget_minutes,
+        margin=args.margin,
+        max_steps=args.trial_max_steps,
+        method=args.harmonize_method or DEFAULT_METHOD,
+        method_given=args.harmonize_method is not None,
+        patch=tuple(args.patch),
+        filters=tuple(args.filters),
+        batch_size=args.batch_size,
+        spacing=None if args.spacing is None else tuple(args.spacing),
+        device=args.device,
+    )
+    settings.check()
+    return settings
+
+
 def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Measure, compare, decide (and score the model as `evaluate` does), then write report.html and summary.json."""
     from UHarmonyLib.diagnose import diagnose_dataset
@@ -47,6 +105,11 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
 
     start = time.perf_counter()
     check_out(args.out)
+    trials = trial_settings(args)
+    if trials is not None:
+        from UHarmonyLib.diagnose.trials import trial_plan
+
+        plan = trial_plan(args.data, trials)
     model = None
     if args.model is not None:
         from UHarmonyLib.diagnose.model import map_for_model
@@ -61,7 +124,12 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         from UHarmonyLib.diagnose.model import model_evidence
 
         summary["model"] = model_evidence(*model, reporter, mirror=not args.no_mirror)
-    summary["command"] = full_command("diagnose", OPTIONS, args)
+    if trials is not None:
+        from UHarmonyLib.diagnose.trials import run_trials
+
+        summary["trials"] = run_trials(args.data, plan, trials, reporter)
+    recorded = OPTIONS if args.trials else [o for o in OPTIONS if o not in TRIAL_OPTIONS]
+    summary["command"] = full_command("diagnose", recorded, args)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     page = render_html(summary, cases)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +143,9 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         "appearance_findings": decision["appearance_findings"],
         "structural_findings": decision["structural_findings"],
         "cautions": decision["cautions"],
+        **(
+            {"trial_advice": summary["trials"]["advice"], "trial_reason": summary["trials"]["reason"]} if trials else {}
+        ),
         "seconds": summary["seconds"],
     }
     reporter.result(payload)
@@ -87,5 +158,13 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
             print(f"  - {line}")
         if len(findings) > SHOWN:
             print(f"  ... and {len(findings) - SHOWN} more findings in the report")
+        if trials is not None:
+            outcome = summary["trials"]
+            print(f"Trials ({outcome['steps']} steps x {outcome['budget']['trials']}): {outcome['advice']}")
+            print(f"  {outcome['reason']}")
+            drivers = outcome["drivers"]
+            if drivers["sites"]:
+                shown = ", ".join(f"{site} {d:+.3f}" for site, d in drivers["sites"].items())
+                print(f"  {drivers['strategy']} - plain per site: {shown}")
         print(f"Wrote {payload['report']} and {payload['summary']} ({summary['seconds']:.1f} s)")
     return payload

@@ -3,8 +3,9 @@
 
 features.py measures every case, compare.py contrasts sites, decide.py turns the
 evidence into a recommendation with explicit thresholds, model.py adds what a trained
-model shows (optional), and report.py writes the HTML page; `summary.json` holds
-everything the page shows.
+model shows (optional), trials.py (`--trials`) trains each strategy briefly on held-out
+splits and advises from the measured Dice instead of thresholds, and report.py writes the
+HTML page; `summary.json` holds everything the page shows.
 """
 
 from __future__ import annotations

@@ -129,6 +129,88 @@ def lesion_plot(cases: list[CaseFeatures], sites: list[str]) -> str:
     return _png(fig)
 
 
+def trial_dice_plot(trials: dict[str, Any], sites: list[str]) -> str:
+    """Per site: each strategy's mean whole-lesion Dice on held-out cases (side by side, one colour each)."""
+    fig, axes = _figure(1, max(4.5, 1.6 * CELL_INCHES * len(sites) + 1.5), 3.4)
+    ax, means = axes[0], trials["site_means"]
+    width = 0.8 / len(means)
+    for k, (strategy, figures) in enumerate(means.items()):
+        values = [np.nan if figures["sites"][s] is None else figures["sites"][s] for s in sites]
+        ax.bar(np.arange(len(sites)) + (k - (len(means) - 1) / 2) * width, values, width, label=strategy)
+    _site_axis(ax, sites)
+    ax.set_ylabel("whole-lesion Dice (held out)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=len(means))
+    return _png(fig)
+
+
+def forest_plot(comparisons: list[dict[str, Any]], margin: float) -> str:
+    """Each strategy minus plain: mean paired Dice difference with its 95 % CI, beside 0 and the margin."""
+    shown = [c for c in comparisons if c["mean"] is not None]
+    fig, axes = _figure(1, 5.5, 0.5 * len(shown) + 1.2)
+    ax = axes[0]
+    for y, c in enumerate(shown):
+        ax.errorbar(c["mean"], y, xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", capsize=4)
+    ax.axvline(0.0, color="k", linewidth=0.8)
+    ax.axvline(margin, color="#3a3", linestyle="--", linewidth=0.8, label=f"margin {margin:g}")
+    ax.set_yticks(range(len(shown)), [c["name"] for c in shown])
+    ax.set_ylim(-0.6, len(shown) - 0.4)
+    ax.set_xlabel("whole-lesion Dice difference (95 % CI)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+TRIALS_METHOD = (
+    "Each strategy is trained briefly, as `uharmony train` would train it, on part of every site's cases and "
+    "scored (whole-lesion Dice, site given, no test-time mirroring) on the rest, which it never saw: per seed, "
+    "each site's cases are dealt into folds and every fold is held out once. Strategies are paired case by case "
+    "within a seed; the interval of each difference over plain training is a hierarchical bootstrap (seeds, then "
+    "cases). A strategy is advised when its interval's lower bound clears the margin (the highest mean among "
+    "those); plain training is enough when every upper bound stays below it; anything else is inconclusive. "
+    "Short training favours what learns fastest: the trials rank the strategies at this budget, not at "
+    "convergence."
+)
+
+
+def trials_html(trials: dict[str, Any], sites: list[str]) -> list[str]:
+    """The outcome trials: advice, reason, per-site Dice (table and plot), the CI forest plot and the design."""
+    budget, drivers = trials["budget"], trials["drivers"]
+    strategies = list(trials["site_means"])
+    method = trials["harmonize_method"]
+    parts = [
+        "<h2>Outcome trials</h2>",
+        f"<p class='verdict'>Measured advice: <b>{html.escape(trials['advice'])}</b></p>",
+        f"<p>{html.escape(trials['reason'])}.</p>",
+        f"<p>{budget['trials']} trials ({len(strategies)} strategies × {len(trials['seeds'])} seeds × "
+        f"{trials['folds']} folds) of {trials['steps']} steps; {budget['seconds_per_step']:.3g} s per step and "
+        f"{budget['fixed_seconds_per_trial']:.3g} s per trial measured; budget {budget['minutes']:g} min, "
+        f"took {trials['seconds'] / 60:.1f} min. Harmonization: {html.escape(method['method'])} "
+        f"({html.escape(method['chosen_by'])}).</p>",
+    ]
+    if drivers["sites"]:
+        parts += [
+            f"<h3>Which sites drive the difference ({html.escape(drivers['strategy'])} - plain)</h3>",
+            _table(["site", "mean Dice difference"], [[s, d] for s, d in drivers["sites"].items()]),
+        ]
+    parts += [
+        "<h3>Whole-lesion Dice per site and strategy (held-out cases)</h3>",
+        _table(
+            ["site", *strategies],
+            [[s, *(trials["site_means"][k]["sites"][s] for k in strategies)] for s in sites]
+            + [["mean over sites", *(trials["site_means"][k]["mean"] for k in strategies)]],
+        ),
+        f"<img alt='trial Dice' src='data:image/png;base64,{trial_dice_plot(trials, sites)}'>",
+        "<h3>Each strategy minus plain training</h3>",
+        _table(
+            ["comparison", "mean", "95 % CI low", "95 % CI high", "paired cases", "seeds"],
+            [[c["name"], c["mean"], c["low"], c["high"], c["cases"], c["replicates"]] for c in trials["comparisons"]],
+        ),
+        f"<img alt='forest' src='data:image/png;base64,{forest_plot(trials['comparisons'], trials['margin'])}'>",
+        f"<p>{html.escape(TRIALS_METHOD)}</p>",
+    ]
+    return parts
+
+
 def _text(value: Any) -> str:
     """A table value for people: numbers to 3 figures, lists joined, a per-channel dict as 'T1 41.2, T2 38.5'."""
     if value is None:
@@ -214,6 +296,8 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
         "<h2>Evidence of a structural shift</h2>",
         _list(decision["structural_findings"]),
     ]
+    if summary.get("trials"):
+        parts += trials_html(summary["trials"], sites)
     if summary.get("model"):
         m = summary["model"]
         parts += [
