@@ -1,5 +1,6 @@
 """benchmarks/federated.py --quick: three federations and centralized training on the protocol's development seed,
-every case's record beside the figures, federated U-Harmony compared with each baseline, and its Markdown form."""
+every case's record beside the figures, federated U-Harmony compared with each baseline, and its Markdown form;
+a local-steps sweep at a matched budget, training loss per round, every model on the centralized grid."""
 
 from __future__ import annotations
 
@@ -36,12 +37,26 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
 @pytest.mark.slow  # a benchmark --quick run: four trainings, three of them in Flower's simulation runtime
 def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "federated.json"
-    proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), timeout=900)
+    proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), "--local-steps-sweep", "1", "2",
+               timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert [r["method"] for r in doc["rows"]] == METHODS
     for r in doc["rows"]:
         assert set(r["per_site"]) == SITES and all(is_fraction(v) for v in [r["dice_mean"], *r["per_site"].values()])
+    federated = doc["rows"][:3]
+    assert [r["site_params"] for r in federated] == ["residual", "independent", "independent"]
+    assert all(len(r["train_loss_per_round"]) == r["rounds"] == 2 for r in federated)
+    # the same grid as centralized training, which chose it as `uharmony train` does (the cases' median spacing)
+    assert doc["settings"]["grid_mm"] == doc["settings"]["spacing"] == 4.0
+
+    # quick's budget is 2 rounds x 2 local steps: 1 local step takes 4 rounds; 2 is the main row itself
+    sweep = doc["local_steps_sweep"]
+    assert [(r["local_steps"], r["rounds"]) for r in sweep] == [(1, 4), (2, 2)]
+    assert sweep[1]["dice_mean"] == federated[0]["dice_mean"]
+    for r in sweep:
+        assert len(r["train_loss_per_round"]) == r["rounds"] and set(r["per_site"]) == SITES
+        assert is_fraction(r["dice_mean"]), r
     assert doc["evaluation"] == "development" and doc["protocol"] == PROTOCOL
     train, test = PROTOCOL["training_seeds"][0], PROTOCOL["development_seeds"][0]
     assert doc["settings"]["data_seeds"] == {"train": train, "test": test}

@@ -19,6 +19,7 @@ from UHarmonyLib.errors import InputError
 from UHarmonyLib.federated.names import check_name
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
+from UHarmonyLib.training.site_sharing import SITE_PARAMS, share_site_rows
 
 # federated method -> network normalization: U-Harmony columns, plain FedAvg, FedBN-style local affine norms
 METHODS = {"uharmony": "uharmony", "fedavg": "instance", "fedbn": "dsbn"}
@@ -42,6 +43,7 @@ class Federation:
     patch: int = 48
     spacing: float = 3.0
     filters: str = "16,32,64,128"
+    site_params: str = "residual"  # uharmony's site rows as shared + offset (site_sharing.py); others: independent
     seed: int = 0
     val_fraction: float = 0.2
     min_sites: int = 0  # sites needed per round; 0: all of them
@@ -59,6 +61,10 @@ class Federation:
             raise InputError(f"--filters {self.filters}: needs at least two positive whole-number widths")
         if self.method not in METHODS:
             raise InputError(f"--method {self.method}: unknown (use {', '.join(METHODS)})")
+        if self.site_params not in SITE_PARAMS:
+            raise InputError(f"--site-params {self.site_params}: unknown (use {', '.join(SITE_PARAMS)})")
+        if self.method != "uharmony":  # FedBN keeps its norms whole at the site; FedAvg has no site rows
+            object.__setattr__(self, "site_params", "independent")
         if self.strategy not in STRATEGIES:
             raise InputError(f"--strategy {self.strategy}: unknown (use {', '.join(STRATEGIES)})")
         if min(self.rounds, self.local_steps, self.batch) < 1:
@@ -103,11 +109,21 @@ class Federation:
     def preprocessing(self) -> dict[str, Any]:
         return {"orientation": "RAS", "spacing": [self.spacing] * 3, "intensity": {"method": "zscore", "nonzero": True}}
 
+    @property
+    def total_steps(self) -> int:
+        """Local steps of one site over the whole federation: the length of its one learning-rate schedule."""
+        return self.rounds * self.local_steps
+
     def network(self, num_sites: int | None = None) -> UHarmonyNet:
-        """The federation's network, identical on every node (seeded), optionally for a subset of sites."""
+        """The federation's network as every node trains it (seeded), optionally for a subset of sites.
+
+        With residual site parameters each site row is a shared value (averaged like the backbone)
+        plus the site's own offset (kept at the site), as centralized training's default;
+        `fold_site_rows` turns them into the plain rows a bundle stores.
+        """
         torch.manual_seed(self.seed)
         norm = METHODS[self.method]
-        return UHarmonyNet(
+        net = UHarmonyNet(
             NetworkConfig(
                 in_channels=len(self.channel_names),
                 out_channels=len(self.label_names) + 1,
@@ -117,6 +133,9 @@ class Federation:
                 gated_heads=norm != "instance",
             )
         )
+        if self.site_params == "residual":
+            share_site_rows(net)
+        return net
 
     def to_run_config(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}

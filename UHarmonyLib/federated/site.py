@@ -1,9 +1,15 @@
 """One hospital's side of the federation: local training, its private state, its bundle.
 
 Every Flower message starts a fresh ClientApp process, so nothing lives in memory
-between rounds: the site's own rows (harmony columns, head) are saved after each round
-under STATE/<federation digest>/ (atomically; a site that dies loses at most the round
-it was in), and the data is read again from the site's own dataset.json.
+between rounds: the site's own rows (harmony columns, head) and its AdamW state are saved
+after each round under STATE/<federation digest>/ (atomically; a site that dies loses at
+most the round it was in), and the data is read again from the site's own dataset.json.
+
+Training continues across rounds as one run would: the optimizer's moments and step
+counts come back from disk for every parameter the site trains, the received shared
+tensors included (a "stateful client": a fresh AdamW would take full-size sign steps at
+the start of every round), and the learning rate follows centralized training's
+one-cycle schedule over all rounds' local steps, never restarted per round.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import OneCycleLR
 
 from UHarmonyLib.data.cases import LoadedCase, PlannedCase, load_case
 from UHarmonyLib.data.plan import Plan, Site, plan_training
@@ -25,6 +33,7 @@ from UHarmonyLib.evaluation.validation import evaluate
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.split import load_shared, load_site_rows, shared_state, site_rows
 from UHarmonyLib.files.atomic import atomic_path, write_text_atomic
+from UHarmonyLib.files.checksum import sha256_file
 from UHarmonyLib.inference.signatures import build_bank
 from UHarmonyLib.model.card import DEFAULT_INFERENCE
 from UHarmonyLib.model.signature_bank import SignatureBank
@@ -36,10 +45,29 @@ from UHarmonyLib.progress import Reporter
 from UHarmonyLib.training.add_site import fit_gate
 from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
+from UHarmonyLib.training.site_sharing import fold_site_rows
 from UHarmonyLib.training.steps import segmentation_steps
 
 ROWS_NAME = "local.safetensors"
 RECORD_NAME = "site.json"
+MOMENTS_NAME = "optimizer.safetensors"  # AdamW's exp_avg and exp_avg_sq per parameter name
+OPTIMIZER_NAME = "optimizer.json"  # step count per parameter name, the round, the moments file's sha256
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def federation_schedule(optimizer: torch.optim.Optimizer, contract: Federation, start: int) -> OneCycleLR:
+    """Centralized training's one-cycle schedule over the site's local steps of every round, at 0-based step `start`.
+
+    Each round is a fresh process: positioning the one schedule at the round's first step
+    continues it where the previous round left it (learning rate and AdamW's beta1 alike).
+    """
+    schedule = OneCycleLR(optimizer, max_lr=contract.lr, total_steps=contract.total_steps)
+    if start:
+        schedule.last_epoch = start - 1
+        with warnings.catch_warnings():  # stepping the schedule, not the optimizer, is the point here
+            warnings.filterwarnings("ignore", "Detected call of", UserWarning)
+            schedule.step()
+    return schedule
 
 
 def _site_cases(contract: Federation, data: Path, site: str) -> Plan:
@@ -115,17 +143,55 @@ class SiteNode:
         path = self.state / RECORD_NAME
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"site": self.site, "rounds": []}
 
-    def _save(self, net: UHarmonyNet, server_round: int, figures: dict[str, float]) -> None:
-        """Rows first, then the record that names them: a crash between leaves the previous round's record."""
+    def _save(
+        self, net: UHarmonyNet, optimizer: torch.optim.Optimizer, server_round: int, figures: dict[str, Any]
+    ) -> None:
+        """Rows, then the optimizer, then the record that names the round: a crash between leaves the last record."""
         rows = {k: v.contiguous() for k, v in site_rows(net, self.index).items()}
         with atomic_path(self.state / ROWS_NAME) as tmp:
             save_file(rows, str(tmp))
+        self._save_optimizer(net, optimizer, server_round)
         record = self.record()
         record["rounds"] = [r for r in record["rounds"] if r["round"] != server_round] + [
             {"round": server_round, **figures}
         ]
         record["contract"] = self.contract.to_run_config()
         write_text_atomic(self.state / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+
+    def _save_optimizer(self, net: UHarmonyNet, optimizer: torch.optim.Optimizer, server_round: int) -> None:
+        """AdamW's moments (safetensors) and steps (JSON) per parameter name; the JSON keeps the moments' sha256."""
+        names = {id(p): n for n, p in net.named_parameters()}
+        moments, steps = {}, {}
+        for param, state in optimizer.state.items():
+            name = names[id(param)]
+            moments.update({f"{name}/{m}": state[m].detach().contiguous() for m in MOMENTS})
+            steps[name] = int(state["step"])
+        with atomic_path(self.state / MOMENTS_NAME) as tmp:
+            save_file(moments, str(tmp))
+        record = {"round": server_round, "steps": steps, "sha256": sha256_file(self.state / MOMENTS_NAME)}
+        write_text_atomic(self.state / OPTIMIZER_NAME, json.dumps(record, indent=1) + "\n")
+
+    def restore_optimizer(self, net: UHarmonyNet, optimizer: torch.optim.Optimizer) -> int:
+        """The previous round's AdamW state for the parameters trained here; returns its largest step count (0: none).
+
+        Moments whose file does not match the JSON (the site died between the two writes)
+        are not used: the round then starts them afresh, as the first round does.
+        """
+        moments_path, record_path = self.state / MOMENTS_NAME, self.state / OPTIMIZER_NAME
+        if not (moments_path.is_file() and record_path.is_file()):
+            return 0
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("sha256") != sha256_file(moments_path):
+            return 0
+        moments = load_file(str(moments_path))
+        params = dict(net.named_parameters())
+        for name, step in record["steps"].items():
+            param = params.get(name)
+            saved = [moments.get(f"{name}/{m}") for m in MOMENTS]
+            if param is None or any(t is None or t.shape != param.shape for t in saved):
+                raise ValueError(f"{record_path}: saved optimizer state does not fit this network ({name})")
+            optimizer.state[param] = {"step": torch.tensor(float(step)), **dict(zip(MOMENTS, saved))}
+        return max(record["steps"].values(), default=0)
 
     def network(self, shared: dict[str, torch.Tensor]) -> UHarmonyNet:
         """The federation's network with the received shared tensors and this site's saved rows."""
@@ -155,25 +221,44 @@ class SiteNode:
         )
         anchors = {k: v.clone() for k, v in shared.items()} if proximal_mu > 0 else {}
         params = dict(net.named_parameters())
-        lr = c.lr * 0.5 * (1 + np.cos(np.pi * (server_round - 1) / c.rounds))  # cosine over the whole federation
         trainable = [p for n, p in params.items() if not n.startswith("gate.")]
-        opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # no decay: other sites' rows stay untouched
+        opt = torch.optim.AdamW(trainable, lr=c.lr, weight_decay=0.0)  # no decay: other sites' rows stay untouched
+        restored = self.restore_optimizer(net, opt)
+        first = (server_round - 1) * c.local_steps
+        schedule = federation_schedule(opt, c, first)
         weights = one_hot_weights(self.index, len(c.site_names), c.batch)
+        rates = [float(opt.param_groups[0]["lr"])]  # the rate of each step, then the next round's first
 
         def proximal() -> torch.Tensor:
             drift = sum((((params[n] - a) ** 2).sum() for n, a in anchors.items() if n in params), torch.zeros(()))
             return proximal_mu / 2 * drift
 
         start = time.perf_counter()
-        steps = range((server_round - 1) * c.local_steps + 1, server_round * c.local_steps + 1)
+        steps = range(first + 1, first + c.local_steps + 1)
         cpu = torch.device("cpu")
-        losses = segmentation_steps(net, sampler, opt, weights, steps, cpu, penalty=proximal if anchors else None)
+        losses = segmentation_steps(
+            net,
+            sampler,
+            opt,
+            weights,
+            steps,
+            cpu,
+            scheduler=schedule,
+            penalty=proximal if anchors else None,
+            on_step=lambda _k, _loss: rates.append(float(opt.param_groups[0]["lr"])),
+        )
         figures = {
             "train-loss": float(np.mean(losses)),
             "seconds": round(time.perf_counter() - start, 3),
             "num-examples": len(self.own.train),
         }
-        self._save(net, server_round, {k: v for k, v in figures.items() if k != "num-examples"})
+        record = {
+            **{k: v for k, v in figures.items() if k != "num-examples"},
+            "optimizer-steps-restored": restored,
+            "lr-first": rates[0],
+            "lr-last": rates[-2],
+        }
+        self._save(net, opt, server_round, record)
         return shared_state(net), figures
 
     def bank(self) -> SignatureBank:
@@ -184,7 +269,7 @@ class SiteNode:
         return build_bank(gate, images, [self.index] * len(images), self.patch, float(DEFAULT_INFERENCE["overlap"]))
 
     def published_rows(self) -> dict[str, torch.Tensor]:
-        """This site's trained rows, for the other sites' bundles (only when the site chose to publish)."""
+        """This site's trained rows (offsets, when residual), for the others' bundles (only if the site publishes)."""
         path = self.state / ROWS_NAME
         if not path.is_file():
             raise InputError(f"{path}: no trained rows yet; this site took part in no round")
@@ -205,6 +290,7 @@ class SiteNode:
         for k, name in enumerate(names):
             rows = self.published_rows() if name == self.site else published[name]
             load_site_rows(net, k, rows)
+        fold_site_rows(net)  # residual rows: each site's row is now the final shared value plus its offset
         keep = torch.as_tensor([c.site_names[int(s)] in names for s in bank.sites])
         remap = torch.as_tensor([names.index(n) if n in names else -1 for n in c.site_names])
         sub = SignatureBank(bank.vectors[keep], remap[bank.sites[keep]], bank.cases[keep], bank.weights[keep])

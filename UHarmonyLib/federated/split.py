@@ -3,13 +3,16 @@
 Shared: every backbone tensor that is the same for all sites (convolutions, and for
 plain FedAvg the InstanceNorm affines too). Site-local: the rows of site-indexed tensors
 (harmony columns or FedBN-style affines, gated heads) and the whole gate, which is never
-averaged: each site refits it from the gate bank's summary vectors. A site sends only
-`shared_state`; its own rows go to `site_rows` and stay on its disk.
+averaged: each site refits it from the gate bank's summary vectors. With residual site
+parameters a site-indexed tensor is a shared value (sent and averaged) plus per-site
+offsets (the site-local rows). A site sends only `shared_state`; its own rows go to
+`site_rows` and stay on its disk.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.utils import parametrize
 
 from UHarmonyLib.model.weights import unique_state
 from UHarmonyLib.nn.network import UHarmonyNet
@@ -19,13 +22,16 @@ GATE_PREFIX = "gate."
 
 
 def site_tensor_names(net: UHarmonyNet) -> list[str]:
-    """State names whose first axis is the site (one row per site)."""
+    """State names whose first axis is the site (one row per site): plain rows, or residual rows' offsets."""
     names = []
     for mod_name, m in net.named_modules():
         if isinstance(m, SiteConditioned):
             for p_name, p in m.named_parameters(recurse=False):
                 if p.shape[0] == m.num_sites:
                     names.append(f"{mod_name}.{p_name}")
+            if parametrize.is_parametrized(m):  # shared + offset: the stored tensor holds the offsets
+                assert isinstance(m.parametrizations, torch.nn.ModuleDict)
+                names += [f"{mod_name}.parametrizations.{p_name}.original" for p_name in m.parametrizations]
     return names
 
 
