@@ -117,11 +117,14 @@ def data_seeds(s: Settings, final: bool) -> dict[str, Any]:
 
 
 def validated_recommendation(scenario: str, path: Path = ROOT / "docs" / "results" / "diagnose.json") -> str | None:
-    """validate_diagnose.py's most frequent recommendation for the scenario over its seeds (None: no such file)."""
+    """The screens' most frequent recommendation for the scenario in a screens-only validation file (None: no file
+    or no screen runs in it; scripts/validate_diagnose.py now validates the outcome trials by regret instead)."""
     if not path.is_file():
         return None
     votes = Counter(
-        r["recommended"] for r in json.loads(path.read_text(encoding="utf-8"))["runs"] if r["scenario"] == scenario
+        r["recommended"]
+        for r in json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+        if r["scenario"] == scenario
     )
     return votes.most_common(1)[0][0] if votes else None
 

@@ -292,7 +292,10 @@ def render_default_model(doc: dict[str, Any]) -> list[str]:
 
 
 def render_diagnose(doc: dict[str, Any]) -> list[str]:
-    """scripts/validate_diagnose.py's figures: right answers against the goal, and the confusion table."""
+    """scripts/validate_diagnose.py's figures: the outcome advisor's regret per dataset (or, in an older file, the
+    screens' right answers and confusion table)."""
+    if "datasets" in doc:
+        return render_regret(doc)
     confusion = doc.get("confusion", {})
     answers = list(next(iter(confusion.values()), {}))
     out = [f"**{doc.get('correct')} of {doc.get('total')} correct** (goal: {doc.get('goal')}).", ""]
@@ -301,6 +304,33 @@ def render_diagnose(doc: dict[str, Any]) -> list[str]:
     out += ["", f"Wrong: {'; '.join(wrong) if wrong else 'none'}."]
     context = ["seeds", "cases_per_site", "spacing_mm", "thresholds", "torch_threads", "seconds", "command"]
     return [*out, "", *table(["context", "value"], [[k, doc.get(k)] for k in context if k in doc])]
+
+
+def render_regret(doc: dict[str, Any]) -> list[str]:
+    """Regret of `diagnose --trials` per generated dataset: each strategy's true Dice, the advice and its cost."""
+    strategies = list(next(iter(doc["datasets"]), {}).get("truth", {}))
+    body = [
+        [
+            r["name"],
+            *[_dice(r["truth"].get(s)) for s in strategies],
+            r["best"],
+            r["advised_strategy"],
+            f"{r['regret']:.3f}",
+            "yes" if r["correct"] else "no",
+        ]
+        for r in doc["datasets"]
+    ]
+    out = [
+        f"**Regret mean {doc.get('regret_mean')}, max {doc.get('regret_max')}; {doc.get('correct')} of "
+        f"{doc.get('total')} advised within 0.01 of the best** (goal: mean <= 0.01, max <= 0.03)"
+        + ("" if doc.get("complete") else "; incomplete run: not every dataset finished")
+        + ".",
+        "",
+        *table(["dataset", *[f"true Dice: {s}" for s in strategies], "best", "advised", "regret", "correct"], body),
+        "",
+        *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()]),
+    ]
+    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('seconds')} s."]
 
 
 def render_adapt_or_harmonize(doc: dict[str, Any]) -> list[str]:
