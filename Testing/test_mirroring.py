@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,19 @@ def test_card_without_mirror_axes_mirrors_all_three(bundle: Bundle) -> None:
     assert segment_volumes(_with_mirror(bundle, None), [image], site="beta").passes == 4
 
 
-@pytest.mark.parametrize("axes", [[3], [0, 0], "all", [-1]])
-def test_bad_mirror_axes_refused(axes: object) -> None:
-    with pytest.raises(BundleError, match=r"mirror_axes .* must list distinct axes among 0, 1, 2"):
+@pytest.mark.bad_input("train, save: a card's inference.mirror_axes", by="axes", words="words")
+@pytest.mark.parametrize(
+    ("axes", "words"),
+    [
+        ([3], "'inference.mirror_axes': entry 0: 3 is outside [0, 2]"),
+        ([0, 0], "'inference.mirror_axes': [0, 0] has repeated entries"),
+        ("all", "'inference.mirror_axes': 'all' is not a list"),
+        ([-1], "'inference.mirror_axes': entry 0: -1 is outside [0, 2]"),
+    ],
+)
+def test_bad_mirror_axes_refused(axes: object, words: str) -> None:
+    """A card with axes other than distinct 0, 1, 2 is refused with the key named (exit 3 when loaded)."""
+    with pytest.raises(BundleError, match=re.escape(words)):
         make_card(
             tiny_net(),
             name="bad",
