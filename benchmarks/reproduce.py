@@ -227,7 +227,14 @@ def listing(dataset: Path, folder: Path, site: str | None = None, first: int = 0
         {**e, "image": [str(dataset / p) for p in e["image"]], "label": str(dataset / e["label"])} for e in kept
     ]
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / DATASET_JSON, json.dumps({**data, "training": absolute, "numTraining": len(absolute)}))
+    sites = [s for s in data.get("sites", []) if any(e["site"] == s for e in kept)]  # listed sites must have cases
+    listed = {
+        **data,
+        "training": absolute,
+        "numTraining": len(absolute),
+        **({"sites": sites} if "sites" in data else {}),
+    }
+    write_text_atomic(folder / DATASET_JSON, json.dumps(listed))
     return folder
 
 

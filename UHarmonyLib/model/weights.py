@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,8 @@ def save_bundle(net: UHarmonyNet, card: dict[str, Any], path: Path, bank: Signat
     path = Path(path)
     card = json.loads(json.dumps(card))
     card["architecture"] = net.config.to_dict()
-    if bank is not None:
-        card["inference"]["familiar_distance"] = round(bank.threshold, 4)
+    if bank is not None and math.isfinite(bank.threshold):  # infinite (too few cases to calibrate): key left out,
+        card["inference"]["familiar_distance"] = round(bank.threshold, 4)  # which loads as "never too far"
     validate_card(card, path)
     with atomic_dir(path) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in unique_state(net).items()}
