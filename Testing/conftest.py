@@ -179,6 +179,23 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
 
 
 @pytest.fixture(scope="session")
+def two_channel_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny bundle of two channels, T1 then FLAIR (absent channels, channel geometry)."""
+    net = tiny_net(in_channels=2)
+    card = make_card(
+        net,
+        name="two",
+        version=1,
+        channels=[{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}],
+        labels=LABELS,
+        sites=SITES,
+        preprocessing={"spacing": [1.5, 1.5, 1.5]},
+        inference={"patch_size": [16] * 3, "overlap": 0.25},
+    )
+    return save_bundle(net, card, tmp_path_factory.mktemp("two") / "two-v1")
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(bundle_factory: BundleFactory) -> Path:
     """The default tiny bundle: card spacing 1.5 mm isotropic, patch 16."""
     return bundle_factory()

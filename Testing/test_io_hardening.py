@@ -178,22 +178,6 @@ def test_closed_stdout_ends_quietly(tiny_bundle: Path) -> None:
     assert (run.returncode, run.stderr) == (141, "")
 
 
-@pytest.fixture(scope="module")
-def two_channel_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    net = tiny_net(in_channels=2)
-    card = make_card(
-        net,
-        name="two",
-        version=1,
-        channels=[{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}],
-        labels=LABELS,
-        sites=[{"name": "alpha"}, {"name": "beta"}, {"name": "gamma"}],
-        preprocessing={"spacing": [1.5, 1.5, 1.5]},
-        inference={"patch_size": [16] * 3, "overlap": 0.25},
-    )
-    return save_bundle(net, card, tmp_path_factory.mktemp("two") / "two-v1")
-
-
 def test_channel_far_from_the_first_is_refused(two_channel_bundle: Path, tmp_path: Path) -> None:
     """A channel that does not overlap the first one in space is refused in one line naming it; nothing written."""
     t1 = write_volume_file(tmp_path / "t1.nrrd", spacing=(1.5, 1.5, 1.5))

@@ -124,25 +124,12 @@ def test_bfloat16_agrees_with_float32(case: Path, bundle_factory: BundleFactory,
     np.testing.assert_array_equal(auto, f32 if pauto == "float32" else bf16)
 
 
-def test_absent_channel_is_given_as_zeros(case: Path, tmp_path: Path) -> None:
+def test_absent_channel_is_given_as_zeros(case: Path, tmp_path: Path, two_channel_bundle: Path) -> None:
     """'-' marks a channel the case lacks: the same result as the library with an all-zero volume."""
-    from conftest import tiny_net
-
     from UHarmonyLib.inference.engine import segment_volumes
-    from UHarmonyLib.model.weights import load_bundle, make_card, save_bundle
+    from UHarmonyLib.model.weights import load_bundle
 
-    net = tiny_net(in_channels=2)
-    card = make_card(
-        net,
-        name="two",
-        version=1,
-        channels=[{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}],
-        labels=LABELS,
-        sites=[{"name": "alpha"}, {"name": "beta"}, {"name": "gamma"}],
-        preprocessing={"spacing": [1.5, 1.5, 1.5]},
-        inference={"patch_size": [16] * 3, "overlap": 0.25},
-    )
-    bundle = save_bundle(net, card, tmp_path / "two-v1")
+    bundle = two_channel_bundle
     run = run_main("segment", "--model", bundle, case, "-", "--out", tmp_path / "seg.nii.gz")
     assert run.code == 0, run
     assert "channel FLAIR absent: given to the model as zeros" in run.stderr
