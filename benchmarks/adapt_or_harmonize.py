@@ -41,6 +41,7 @@ from reproduce import COSTS, check_work, log, row, synthesize
 
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.diagnose import diagnose_dataset
+from UHarmonyLib.diagnose.trials import STRATEGIES
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
 from UHarmonyLib.image_harmonization import METHODS
 from UHarmonyLib.inference.device import resolve_device, resolve_precision
@@ -51,12 +52,7 @@ from UHarmonyLib.training.loop import train_run
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = load_protocol()
 SCENARIOS = ("appearance", "structural")
-CONFIGS = {  # name: (norm, harmonized)
-    "plain": ("instance", False),
-    "harmonized": ("instance", True),
-    "uharmony": ("uharmony", False),
-    "both": ("uharmony", True),
-}
+CONFIGS = STRATEGIES  # name: (norm, harmonized), the strategies `diagnose --trials` compares
 EXPECTED = {"harmonize data": "harmonized", "personalize the model": "uharmony", "both": "both"}
 NEITHER_WITHIN = 0.02
 

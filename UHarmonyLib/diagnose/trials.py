@@ -40,7 +40,7 @@ from UHarmonyLib.progress import Reporter, SilentReporter
 from UHarmonyLib.training.config import DEFAULT_STEPS
 
 BASELINE = "plain"
-STRATEGIES = {  # name: (norm, harmonized), as benchmarks/adapt_or_harmonize.py trains them
+STRATEGIES = {  # name: (norm, harmonized); benchmarks/adapt_or_harmonize.py trains the same four
     "plain": ("instance", False),
     "harmonized": ("instance", True),
     "uharmony": ("uharmony", False),

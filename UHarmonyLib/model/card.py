@@ -101,10 +101,10 @@ def rewrite_card(path: Path, edit: Callable[[dict[str, Any]], None]) -> dict[str
 
 def set_familiar_distance(path: Path, threshold: float, calibration: dict[str, Any]) -> dict[str, Any]:
     """Set the bank distance beyond which a case is called unfamiliar, and record how it was chosen."""
-    if BANK_NAME not in read_card(path)["files"]:
-        raise BundleError(f"{path}: has no gate bank, so no distance to calibrate")
 
     def edit(card: dict[str, Any]) -> None:
+        if BANK_NAME not in card["files"]:
+            raise BundleError(f"{path}: has no gate bank, so no distance to calibrate")
         card["inference"]["familiar_distance"] = round(float(threshold), 4)
         card["metrics"] = {**card.get("metrics", {}), "familiar_calibration": calibration}
 
