@@ -1,4 +1,8 @@
-"""`uharmony diagnose`: appearance vs structure evidence per site pair and a recommendation, as HTML + JSON."""
+"""`uharmony diagnose`: appearance vs structure evidence per site pair and a recommendation, as HTML + JSON.
+
+For sites that cannot pool images, each writes a summary of its cases (`--summarize`) and
+one site diagnoses its own cases with the others' summaries (`--peer-summaries`).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 
 REPORT_HTML, SUMMARY_JSON = "report.html", "summary.json"
 SHOWN = 6  # findings printed to the terminal; the report lists all
+SUMMARIZE_DESTS = ("data", "summarize", "site", "progress")  # the options --summarize takes
 # the network the trials train: train's own options (same flags, defaults and checks)
 _TRAIN = {o.dest: o for o in field_options(TrainConfig)}
 TRIAL_OPTIONS = [
@@ -43,8 +48,22 @@ TRIAL_OPTIONS = [
 ]
 OPTIONS = [
     Option("--data", required=True, type=Path, metavar="DATASET_JSON", help="or its folder"),
+    Option(
+        "--peer-summaries",
+        type=Path,
+        nargs="+",
+        metavar="SITE_SUMMARY",
+        help="other sites' summaries (--summarize) to compare with DATA's sites, for sites that cannot pool images",
+    ),
     Option("--model", type=Path, metavar="BUNDLE", help="add the model's evidence (gate, Dice)"),
-    Option("--out", required=True, type=Path, metavar="REPORT_DIR", help="report.html and summary.json"),
+    Option("--out", type=Path, metavar="REPORT_DIR", help="report.html and summary.json (required unless --summarize)"),
+    Option(
+        "--summarize",
+        type=Path,
+        metavar="SITE_SUMMARY",
+        help="instead of a report, write one site's case features (no images, paths or case names) for other sites",
+    ),
+    Option("--site", metavar="NAME", help="--summarize: the site of DATA to summarize (needed if it holds several)"),
     Option(
         "--trials",
         action="store_true",
@@ -80,6 +99,12 @@ def trial_settings(args: argparse.Namespace) -> TrialSettings | None:
         if given is not None:
             raise InputError(f"{given} sets up the outcome trials: add --trials")
         return None
+    if args.peer_summaries:
+        raise InputError(
+            "--trials cannot use --peer-summaries: the outcome trials train and score on every site's images and "
+            "labels in one place, and a summary holds neither; to train across sites that cannot pool images, "
+            "use `uharmony federated`"
+        )
     settings = TrialSettings(
         seeds=args.trial_seeds,
         folds=args.trial_folds,
@@ -98,14 +123,53 @@ def trial_settings(args: argparse.Namespace) -> TrialSettings | None:
     return settings
 
 
+def run_summarize(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
+    """`--summarize`: one site's summary (diagnose/summaries.py), written atomically; no report."""
+    from UHarmonyLib.diagnose import summarize_site
+
+    start = time.perf_counter()
+    extra = next(
+        (o.flag for o in OPTIONS if o.dest not in SUMMARIZE_DESTS and getattr(args, o.dest) != o.default), None
+    )
+    if extra is not None:
+        raise InputError(f"{extra} does not go with --summarize, which writes only the site's summary")
+    check_writable(args.summarize)
+    record = summarize_site(args.data, args.site, reporter)
+    text = json.dumps(record, indent=1) + "\n"
+    write_text_atomic(args.summarize, text)
+    payload = {
+        "summary": str(args.summarize),
+        "site": record["site"],
+        "cases": record["case_count"],
+        "bytes": len(text.encode("utf-8")),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    reporter.result(payload)
+    if not isinstance(reporter, JsonReporter):
+        print(
+            f"Wrote {payload['summary']}: {payload['cases']} cases of site {payload['site']}, {payload['bytes']} bytes "
+            "of case features (no images, paths or case names); give it to the site that runs "
+            "`uharmony diagnose --peer-summaries`"
+        )
+    return payload
+
+
 def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Measure, compare, decide (and score the model as `evaluate` does), then write report.html and summary.json."""
     from UHarmonyLib.diagnose import diagnose_dataset
     from UHarmonyLib.diagnose.report import render_html
+    from UHarmonyLib.diagnose.summaries import read_summary
 
+    if args.summarize is not None:
+        return run_summarize(args, reporter)
+    if args.site is not None:
+        raise InputError("--site names the site to summarize: add --summarize SITE_SUMMARY")
+    if args.out is None:
+        raise InputError("--out REPORT_DIR is required (or --summarize SITE_SUMMARY, to summarize a site for others)")
     start = time.perf_counter()
     check_out(args.out)
     trials = trial_settings(args)
+    peers = [read_summary(path) for path in args.peer_summaries or []]
     if trials is not None:
         from UHarmonyLib.diagnose.trials import trial_plan
 
@@ -119,7 +183,7 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         device = resolve_device(args.device)
         bundle = load_bundle(args.model)
         model = (bundle, map_for_model(bundle, args.data), device)
-    summary, cases = diagnose_dataset(args.data, reporter)
+    summary, cases = diagnose_dataset(args.data, reporter, peers)
     if model is not None:
         from UHarmonyLib.diagnose.model import model_evidence
 
@@ -143,6 +207,7 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
         "appearance_findings": decision["appearance_findings"],
         "structural_findings": decision["structural_findings"],
         "cautions": decision["cautions"],
+        **({k: decision[k] for k in ("can_tell", "cannot_tell")} if peers else {}),
         **(
             {"trial_advice": summary["trials"]["advice"], "trial_reason": summary["trials"]["reason"]} if trials else {}
         ),

@@ -114,3 +114,34 @@ def recommend(appearance: list[str], structure: list[str], cautions: list[str]) 
         "cautions": cautions,
         "thresholds": {**THRESHOLDS, "min_cases_per_site": MIN_CASES_PER_SITE},
     }
+
+
+# What a diagnosis partly from other sites' summaries (--peer-summaries) can and cannot see: a summary holds
+# per-case features, never images and labels, so the screens run but the outcome trials cannot.
+CAN_TELL = [
+    "appearance shifts: how the sites' normal-tissue intensity distributions differ beyond gain and offset "
+    "(contrast between tissues, gamma, blur), their signal-to-noise ratios and bias fields",
+    "lesion-statistic shifts: lesions per case, lesion size, depth and location, and the label sets the sites annotate",
+]
+CANNOT_TELL = [
+    "what harmonizing or personalizing would gain: the outcome trials (--trials) train and score on every site's "
+    "images and labels in one place, and a summary holds neither (`uharmony federated` trains across sites instead)",
+    "whether the relation between image and label differs between sites (annotation style, or a protocol contrast "
+    "that intensity normalization cannot undo), which is what decides whether site-specific parameters are needed",
+]
+PEER_CAUTION = (
+    "some sites are known only from their summaries: the advice is the threshold screen's and provisional, since "
+    "whether the image-to-label relation differs between sites, which decides whether site-specific parameters are "
+    "needed, cannot be seen without their images and labels"
+)
+
+
+def from_summaries(decision: dict[str, Any]) -> dict[str, Any]:
+    """The decision, marked provisional, with what summaries can and cannot tell as structured data."""
+    return {
+        **decision,
+        "provisional": True,
+        "can_tell": CAN_TELL,
+        "cannot_tell": CANNOT_TELL,
+        "cautions": [*decision["cautions"], PEER_CAUTION],
+    }

@@ -279,6 +279,30 @@ STYLE = (
 )
 
 
+def _peer_note(summary: dict[str, Any]) -> str:
+    """'; sites A, B from their summaries' when some sites are known only from summaries."""
+    peers = summary.get("peers")
+    return f"; {html.escape(', '.join(p['site'] for p in peers))} from their site summaries" if peers else ""
+
+
+def scope_html(summary: dict[str, Any]) -> list[str]:
+    """What a diagnosis from site summaries can and cannot tell, and which summaries it read."""
+    decision = summary["decision"]
+    return [
+        "<h2>What site summaries can and cannot tell</h2>",
+        "<p>Some sites are known only from their summaries: per-case features, never their images or label maps. The "
+        "recommendation above is the threshold screen's and provisional.</p>",
+        "<h3>Can tell</h3>",
+        _list(decision["can_tell"]),
+        "<h3>Cannot tell</h3>",
+        _list(decision["cannot_tell"]),
+        _table(
+            ["site", "cases", "summary file", "sha256", "written by"],
+            [[p["site"], p["cases"], p["file"], p["sha256"][:16], p["software"]] for p in summary["peers"]],
+        ),
+    ]
+
+
 def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
     """The whole report: verdict, findings, plots, tables, thresholds and the command."""
     sites, channels = summary["sites_order"], summary["channels"]
@@ -287,10 +311,12 @@ def render_html(summary: dict[str, Any], cases: list[CaseFeatures]) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>uharmony diagnose: "
         f"{html.escape(summary['dataset']['name'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>Domain-shift diagnosis of {html.escape(summary['dataset']['name'])}</h1>",
-        f"<p>{len(cases)} cases from {len(sites)} sites; channels {html.escape(', '.join(channels))}.</p>",
+        f"<p>{len(cases)} cases from {len(sites)} sites; channels {html.escape(', '.join(channels))}"
+        f"{_peer_note(summary)}.</p>",
         f"<p class='verdict'>Recommendation: <b>{html.escape(decision['recommendation'])}</b></p>",
         *(f"<p class='caution'>Caution: {html.escape(c)}</p>" for c in decision["cautions"]),
         f"<p>{html.escape(decision['advice'])}</p>",
+        *(scope_html(summary) if summary.get("peers") else []),
         "<h2>Evidence of an appearance shift</h2>",
         _list(decision["appearance_findings"]),
         "<h2>Evidence of a structural shift</h2>",
