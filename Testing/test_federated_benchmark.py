@@ -1,6 +1,6 @@
-"""benchmarks/federated.py --quick: three federations and centralized training on the protocol's development seed,
-every case's record beside the figures, federated U-Harmony compared with each baseline, and its Markdown form;
-a local-steps sweep at a matched budget, training loss per round, every model on the centralized grid."""
+"""benchmarks/federated.py --quick: four federations, centralized and local-only training on the protocol's development
+seed, every case's record beside the figures, federated U-Harmony compared with each arm pooled and per site, Dice per
+round from the sites' validation cases, a local-steps sweep at a matched budget, and the Markdown form."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from conftest import REPO, is_fraction, results_renderer
 from UHarmonyLib.evaluation.scoring import WHOLE
 
 PROTOCOL = json.loads((REPO / "benchmarks" / "protocol.json").read_text(encoding="utf-8"))
-METHODS = ["federated_uharmony", "federated_fedbn", "federated_fedavg", "centralized_uharmony"]
-SITES = {"hospital-a", "hospital-b", "hospital-c", "hospital-d"}
+ARMS = ["centralized_uharmony", "federated_uharmony", "federated_fedavg", "federated_fedprox", "federated_fedbn",
+        "local_only"]  # fmt: skip
+SITES = ["hospital-3t-3d", "hospital-1.5t-2d", "hospital-3t-2d", "hospital-1.5t-old"]
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
@@ -34,49 +35,60 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.slow  # a benchmark --quick run: four trainings, three of them in Flower's simulation runtime
+@pytest.mark.slow  # a benchmark --quick run: six trainings, four of them in Flower's simulation runtime
 def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "federated.json"
     proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), "--local-steps-sweep", "1", "2",
                timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
-    assert [r["method"] for r in doc["rows"]] == METHODS
-    for r in doc["rows"]:
-        assert set(r["per_site"]) == SITES and all(is_fraction(v) for v in [r["dice_mean"], *r["per_site"].values()])
-    federated = doc["rows"][:3]
-    assert [r["site_params"] for r in federated] == ["residual", "independent", "independent"]
-    assert all(len(r["train_loss_per_round"]) == r["rounds"] == 2 for r in federated)
-    # the same grid as centralized training, which chose it as `uharmony train` does (the cases' median spacing)
-    assert doc["settings"]["grid_mm"] == doc["settings"]["spacing"] == 4.0
+    assert doc["evaluation"] == "development" and doc["protocol"] == PROTOCOL and doc["replicates"] == 1
+    (scenario,) = doc["scenarios"]
+    assert scenario["scenario"] == "protocols" and scenario["sites"] == SITES
+    rows = {r["method"]: r for r in scenario["rows"]}
+    assert list(rows) == ARMS
+    for r in rows.values():
+        assert list(r["per_site"]) == SITES and all(is_fraction(v) for v in [r["dice_mean"], *r["per_site"].values()])
+        assert r["dice_per_replicate"] == [r["dice_mean"]]
+    federated = [rows[a] for a in ARMS[1:5]]
+    assert [r["site_params"] for r in federated] == ["residual", "independent", "independent", "independent"]
+    assert [r["strategy"] for r in federated] == ["fedavg", "fedavg", "fedprox", "fedavg"]
+    for r in federated:  # quick: 2 rounds, each site scoring each round's model (eval_every 1)
+        assert len(r["train_loss_per_round"]) == 2 and [p["round"] for p in r["dice_per_round"]] == [1, 2]
+        assert all(is_fraction(p["dice"]) for p in r["dice_per_round"]), r
+    assert rows["centralized_uharmony"]["gap_to_centralized"] == 0
+    gap = rows["federated_uharmony"]["dice_mean"] - rows["centralized_uharmony"]["dice_mean"]
+    assert rows["federated_uharmony"]["gap_to_centralized"] == pytest.approx(gap, abs=1e-4)
+    assert scenario["goal"]["met"] == (scenario["goal"]["gap"] >= -0.03)
 
-    # quick's budget is 2 rounds x 2 local steps: 1 local step takes 4 rounds; 2 is the main row itself
-    sweep = doc["local_steps_sweep"]
-    assert [(r["local_steps"], r["rounds"]) for r in sweep] == [(1, 4), (2, 2)]
-    assert sweep[1]["dice_mean"] == federated[0]["dice_mean"]
-    for r in sweep:
-        assert len(r["train_loss_per_round"]) == r["rounds"] and set(r["per_site"]) == SITES
-        assert is_fraction(r["dice_mean"]), r
-    assert doc["evaluation"] == "development" and doc["protocol"] == PROTOCOL
-    train, test = PROTOCOL["training_seeds"][0], PROTOCOL["development_seeds"][0]
-    assert doc["settings"]["data_seeds"] == {"train": train, "test": test}
-
-    # one record per scored case: four arms x four sites x one test case, each site's own bundle on its cases
+    # one record per scored case: six arms x four sites x one test case, each site's own model on its own cases
     cases = json.loads((tmp_path / doc["case_scores"]).read_text(encoding="utf-8"))
     assert doc["case_scores"] == "federated.cases.json" and cases["evaluation"] == "development"
     records = cases["cases"]
-    assert len(records) == 16
-    for method in METHODS:
-        assert sorted(r["site"] for r in records if r["arm"] == method) == sorted(SITES), method
+    assert len(records) == 24
+    for arm in ARMS:
+        assert sorted(r["site"] for r in records if r["arm"] == arm) == sorted(SITES), arm
     for r in records:
         assert all(WHOLE in r[m] for m in ("dice", "hd95_mm", "lesion_dice")) and is_fraction(r["dice"][WHOLE]), r
         assert r["site_mode"] == ("given" if r["arm"] == "federated_fedbn" else "auto"), r
 
-    names = [f"federated_uharmony - {m}" for m in ("federated_fedavg", "federated_fedbn", "centralized_uharmony")]
-    assert [c["name"] for c in doc["comparisons"]] == names
-    for c in doc["comparisons"]:
+    compared = scenario["comparisons"]
+    assert [c["name"] for c in compared] == [f"federated_uharmony - {a}" for a in ARMS if a != "federated_uharmony"]
+    for c in compared:
         low, high = c["ci95"]
         assert low <= c["diff_mean"] <= high and c["replicates"] == 1 and c["cases"] == 4, c
+        assert list(c["per_site"]) == SITES and all(s["cases"] == 1 for s in c["per_site"].values()), c
+    assert scenario["goal"]["gap"] == compared[0]["diff_mean"] and compared[0]["a"] == "centralized_uharmony"
 
+    # quick's budget is 2 rounds x 2 local steps: 1 local step takes 4 rounds; 2 is the main row itself
+    sweep = doc["local_steps_sweep"]
+    assert [(r["local_steps"], r["rounds"]) for r in sweep] == [(1, 4), (2, 2)]
+    assert sweep[1]["dice_mean"] == rows["federated_uharmony"]["dice_mean"]
+    for r in sweep:
+        assert len(r["train_loss_per_round"]) == r["rounds"] and list(r["per_site"]) == SITES
+        assert is_fraction(r["dice_mean"]), r
+
+    assert doc["rounds_plot"] == "federated_rounds.png"
+    assert (tmp_path / doc["rounds_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = "\n".join(results_renderer("federated.json")(doc))
-    assert all(f"`{m}`" in markdown for m in METHODS) and "Command:" in markdown
+    assert all(f"`{a}`" in markdown for a in ARMS) and "Command:" in markdown and "federated_rounds.png" in markdown

@@ -3,7 +3,8 @@
 Each round is a fresh ClientApp process, so whatever a site keeps between rounds comes
 from its disk: here AdamW's moments and step counts, the place in the one learning-rate
 schedule, and U-Harmony's residual site rows (a shared value averaged by the server plus
-an offset that stays at the site).
+an offset that stays at the site). With `eval_every` each site also scores every round's
+model on its own validation cases, and only the figures travel.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from test_federated_site import SPEC
 
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.simulate import simulate
-from UHarmonyLib.federated.site import MOMENTS_NAME, OPTIMIZER_NAME, RECORD_NAME, ROWS_NAME
+from UHarmonyLib.federated.site import MOMENTS_NAME, OPTIMIZER_NAME, RECORD_NAME, ROWS_NAME, SiteNode
 from UHarmonyLib.federated.split import shared_names, site_tensor_names
 from UHarmonyLib.model.weights import load_bundle, unique_state
 
@@ -32,6 +33,7 @@ CONTRACT = Federation(
     patch=32,
     spacing=4.0,
     filters="4,8,16",
+    eval_every=1,
 )
 
 
@@ -44,6 +46,29 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
                    "--cases-per-site", 3)  # fmt: skip
     assert run.code == 0, run
     return root / "sim", simulate(CONTRACT, [root / "data" / "dataset.json"], root / "sim")
+
+
+@pytest.mark.slow
+def test_each_site_scores_every_rounds_model_and_only_the_figures_travel(
+    federation: tuple[Path, dict[str, Any]],
+) -> None:
+    sim, record = federation
+    evaluations = record["evaluations"]
+    assert [e["round"] for e in evaluations] == [1, 2]
+    for e in evaluations:
+        assert set(e["dice_whole_lesion"]) == set(CONTRACT.site_names)
+        assert all(d is None or 0 <= d <= 1 for d in e["dice_whole_lesion"].values()), e
+    for phase in ("evaluate 1", "evaluate 2"):
+        assert [r["tensors"] for r in record["received"][phase]] == [{}] * 3  # Dice and a count, no weights
+    # the last round's figures are the final backbone with each site's own rows, scored again here
+    shared = load_file(str(sim / "server" / "shared.safetensors"))
+    data = sim.parent / "data" / "dataset.json"
+    for site in CONTRACT.site_names:
+        node = SiteNode(CONTRACT, data, site, sim / "sites" / site)
+        assert len(node.own.val) == 1  # 3 cases, val_fraction 0.2: one held out
+        again = node.evaluate_round(shared)["dice-whole-lesion"]
+        reported = evaluations[-1]["dice_whole_lesion"][site]
+        assert (None if again < 0 else round(again, 4)) == reported, site
 
 
 def _state(sim: Path, site: str) -> Path:

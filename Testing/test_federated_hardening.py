@@ -127,6 +127,7 @@ CONTRACT_CASES = {
     "bundle-name-a-path": (["--sites", "north,south", "--name", "x/../../y"], "--name 'x/../../y': use 1-64 letters"),
     "filters-not-numbers": (["--sites", "north,south", "--filters", "8", "wide"], "--filters 8,wide: needs at least"),
     "one-filter": (["--sites", "north,south", "--filters", "8"], "--filters 8: needs at least two"),
+    "eval-every-negative": (["--sites", "north,south", "--eval-every", "-1"], "--eval-every -1: must be 0 (never)"),
 }
 
 

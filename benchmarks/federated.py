@@ -1,23 +1,29 @@
-"""Federated U-Harmony against federated FedAvg (InstanceNorm) and FedBN, and against centralized training.
+"""Federated U-Harmony against FedAvg, FedProx, FedBN, local-only and centralized training, at matched steps.
 
-    .venv/bin/python benchmarks/federated.py [--quick] [--final] [--out docs/results/federated.json] [--work DIR]
-        [--rounds N] [--local-steps N] [--local-steps-sweep 5 25 100] [--threads 1]
+    .venv/bin/python benchmarks/federated.py [--quick] [--final] [--scenarios protocols annotation]
+        [--replicates 3] [--local-steps-sweep 5 25 100] [--jobs 2] [--out docs/results/federated.json] [--work DIR]
 
-The four `mixed` sites each train on their own cases in Flower's simulation runtime (the
-same ServerApp and ClientApp a deployment runs); each site then scores the bundle it
-wrote on fresh test cases of its own site (the gate deciding, as a hospital would run
-it). The centralized row is `uharmony train` on the pooled cases with the same number
-of patches: rounds x local steps x sites optimizer steps of the same batch size. It runs
-first, on train's default grid (the cases' median spacing), and every federation uses
-that grid. `--local-steps-sweep` trains federated U-Harmony again with other numbers of
-local steps, the rounds adjusted to keep rounds x local steps (client drift against
-communication); each federation's mean training loss per round is kept for a plot.
-Seeds follow the locked protocol (benchmarks/protocol.py), one replicate: the training
-cases and every training seed are replicate 0's, the test cases come from the protocol's
-test seeds only with `--final` (development seeds otherwise). Every case is scored by
-`protocol.score_bundle` and saved beside the summary; figures are whole-lesion Dice,
-federated U-Harmony is compared case by case with FedAvg, FedBN and centralized training
-(bootstrap 95 % CI), and seconds per round are the simulation's.
+Sites differ as scanner protocols (`protocols`) or annotators (`annotation`) do. In each
+replicate every site trains on its own cases in Flower's simulation runtime (the same
+ServerApp and ClientApp a deployment runs) and scores the bundle it wrote on fresh test
+cases of its own site (the gate deciding, as a hospital would run it; FedBN's local norms
+need the site named, and a site knows itself). Every `eval_every` rounds each site also
+scores the round's model on its held-out validation cases: the Dice-per-round curves.
+All arms see the same training cases (the same validation split) and the same number of
+optimizer steps of one batch size: rounds x local steps per site, x sites for the
+centralized model on the pooled cases; a local-only model trains rounds x local steps on
+its own site's cases alone and scores on that site. Every model is trained on one grid:
+the cases' own spacing, which is `uharmony train`'s default.
+
+Replicate r follows the locked protocol (benchmarks/protocol.py): training cases and
+every training seed from training_seeds[r], test cases from the r-th development seed
+(the r-th test seed only with `--final`). Every case is scored by protocol.score_bundle
+and saved beside the summary; federated U-Harmony is compared case by case with every
+other arm, pooled and per site, with the hierarchical bootstrap (replicates, then cases).
+`--local-steps-sweep` repeats federated U-Harmony on the first scenario's first
+replicate at other local steps, rounds x local steps kept (client drift against
+communication). A killed run keeps its finished models and scores: run it again with the
+same --work to go on.
 """
 
 from __future__ import annotations
@@ -26,217 +32,366 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from protocol import EvalSet, Scored, compare, load_protocol, load_tests, score_bundle, write_case_scores
-from reproduce import synthesize
+from jobs import ScoreJob, run_all
+from protocol import Scored, compare, load_protocol, write_case_scores
+from reproduce import check_work, listing, synthesize
 
+from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.evaluation.scoring import mean_defined
 from UHarmonyLib.federated.contract import Federation
 from UHarmonyLib.federated.simulate import simulate
 from UHarmonyLib.federated.site import RECORD_NAME
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.model.weights import load_bundle
 from UHarmonyLib.training import TrainConfig
-from UHarmonyLib.training.loop import train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = load_protocol()
-METHODS = ("uharmony", "fedbn", "fedavg")
-BASELINES = {  # each compared with federated_uharmony: what federated_uharmony - baseline measures
-    "federated_fedavg": "U-Harmony's site layers over plain FedAvg (InstanceNorm)",
-    "federated_fedbn": "U-Harmony (gate deciding) over FedBN's local norms (site given)",
-    "centralized_uharmony": "what federating costs against training on the pooled cases",
+OURS = "federated_uharmony"
+FEDERATIONS = {  # arm -> (federated method, Flower strategy)
+    OURS: ("uharmony", "fedavg"),
+    "federated_fedavg": ("fedavg", "fedavg"),
+    "federated_fedprox": ("fedavg", "fedprox"),
+    "federated_fedbn": ("fedbn", "fedavg"),
 }
+CENTRAL, LOCAL = "centralized_uharmony", "local_only"
+ARMS = (CENTRAL, *FEDERATIONS, LOCAL)
+MEANING = {  # what `federated_uharmony - arm` measures
+    CENTRAL: "what federating costs against training on the pooled cases (goal: within 0.03)",
+    "federated_fedavg": "U-Harmony's site layers over plain FedAvg (InstanceNorm)",
+    "federated_fedprox": "U-Harmony's site layers over FedProx (InstanceNorm, proximal term)",
+    "federated_fedbn": "U-Harmony (gate deciding) over FedBN's local norms (site given)",
+    LOCAL: "what joining the federation gives a site over training alone",
+}
+GOAL_GAP = 0.03
 
 
 @dataclass(frozen=True)
 class Settings:
     spacing: float
     cases_per_site: int
+    val_fraction: float
     test_cases_per_site: int
     filters: str
     patch: int
     rounds: int
     local_steps: int
+    eval_every: int
 
 
-# 2 mm: hospital-b's 3-6 mm deep lesions vanish on a 3 mm grid
-FULL = Settings(2.0, 8, PROTOCOL.test_cases_per_site, "8,16,32,64", 48, 16, 25)
-QUICK = Settings(4.0, 2, 1, "4,8,16", 32, 2, 2)
+# 2 mm: on a 3 mm grid small lesions vanish. Patch 32 keeps 3 scenarios x replicates x 6 arms within hours.
+FULL = Settings(2.0, 10, 0.2, 5, "8,16,32,64", 32, 12, 25, 2)
+QUICK = Settings(4.0, 3, 0.34, 1, "4,8,16", 32, 2, 2, 1)
 
 
 def log(message: str, started: float) -> None:
     print(f"[{time.perf_counter() - started:7.1f} s] {message}", flush=True)
 
 
-def mean_site_dice(per_site: dict[str, float | None]) -> float | None:
-    return mean_defined(list(per_site.values()))
+class Replicate:
+    """One scenario's replicate r: its data, its seeds and its folders."""
+
+    def __init__(self, work: Path, scenario: str, r: int, s: Settings, final: bool) -> None:
+        self.scenario, self.r, self.s = scenario, r, s
+        self.seed = PROTOCOL.replicate_seeds(r + 1)[r]
+        self.test_seed = PROTOCOL.evaluation_seeds(final)[r]
+        self.folder = work / scenario / f"r{r}"
+        spec = resolve_scenario(scenario)
+        self.sites = [x.name for x in spec.sites]
+        data = work / "data"
+        # Folders named by seed: a dataset of another replicate or of the other evaluation is never reused.
+        self.train = synthesize(data / f"{scenario}-train-{self.seed}", spec, self.seed, s.spacing, s.cases_per_site)
+        self.test = synthesize(
+            data / f"{scenario}-test-{self.test_seed}", spec, self.test_seed, s.spacing, s.test_cases_per_site
+        )
+        plan = plan_training([self.train], 0.0, 0)
+        self.channels, self.labels = ",".join(plan.channels), ",".join(plan.label_names)
+
+    @property
+    def site_steps(self) -> int:
+        return self.s.rounds * self.s.local_steps
+
+    def training(self, name: str, norm: str, data: Path, steps: int) -> TrainConfig:
+        s = self.s
+        return TrainConfig(
+            data=[data],
+            out=self.folder / name,
+            norm=norm,
+            filters=tuple(int(f) for f in s.filters.split(",")),
+            steps=steps,
+            patch=(s.patch,) * 3,
+            spacing=(s.spacing,) * 3,
+            val_fraction=s.val_fraction,  # the federation's split: the same training cases
+            seed=self.seed,
+        )
+
+    def trainings(self) -> list[TrainConfig]:
+        """Centralized U-Harmony on the pooled cases, and one local-only model (InstanceNorm) per site."""
+        jobs = [self.training(CENTRAL, "uharmony", self.train, self.site_steps * len(self.sites))]
+        for k, site in enumerate(self.sites):
+            own = listing(self.train, self.folder / "data" / f"site-{k}", site)
+            jobs.append(self.training(f"{LOCAL}-{k}", "instance", own, self.site_steps))
+        return jobs
+
+    def contract(self, arm: str, s: Settings) -> Federation:
+        method, strategy = FEDERATIONS[arm]
+        return Federation(
+            sites=",".join(self.sites),
+            channels=self.channels,
+            labels=self.labels,
+            method=method,
+            strategy=strategy,
+            rounds=s.rounds,
+            local_steps=s.local_steps,
+            patch=s.patch,
+            spacing=s.spacing,
+            filters=s.filters,
+            val_fraction=s.val_fraction,
+            eval_every=s.eval_every,
+            seed=self.seed,
+            name=arm.replace("_", "-"),
+        )
 
 
-def site_dice(scored: Scored, sites: list[str]) -> dict[str, float | None]:
-    """Whole-lesion Dice per site: the mean over the site's test cases."""
-    by_site = scored.by_site()
-    return {site: mean_defined(by_site.get(site, [])) for site in sites}
-
-
-def lesion_dice_mean(scored: Scored) -> float | None:
-    """BraTS-style lesion-wise whole-lesion Dice, mean over cases."""
-    return mean_defined(list(scored.by_case("lesion_dice").values()))
+def federate(rep: Replicate, arm: str, s: Settings, folder: Path, started: float) -> dict[str, Any]:
+    """One federation in the simulation runtime (a finished one is read back); its record and curves."""
+    contract = rep.contract(arm, s)
+    record_path = folder / "server" / "server.json"
+    done = record_path.is_file() and json.loads(record_path.read_text(encoding="utf-8")).get("status") == "finished"
+    t = time.perf_counter()
+    record = json.loads(record_path.read_text(encoding="utf-8")) if done else simulate(contract, [rep.train], folder)
+    rounds = record["rounds"]
+    log(
+        f"{rep.scenario} r{rep.r} {arm}: {len(rounds)} rounds of {s.local_steps} ({time.perf_counter() - t:.0f} s)",
+        started,
+    )
+    return {
+        "record": record,
+        "given": contract.network().config.site_required,  # FedBN's local norms need the site named
+        "seconds_per_round": round(float(np.mean([x["seconds"] for x in rounds])), 2),
+        "dice_per_round": [
+            {"round": e["round"], "dice": mean_defined(list(e["dice_whole_lesion"].values()))}
+            for e in record.get("evaluations", [])
+        ],
+        "train_loss_per_round": loss_per_round(folder, contract),
+    }
 
 
 def loss_per_round(folder: Path, contract: Federation) -> list[float]:
     """Mean training loss over the sites in each round, from the records the sites kept."""
     records = [folder / "sites" / site / contract.digest() / RECORD_NAME for site in contract.site_names]
-    rounds = [json.loads(r.read_text(encoding="utf-8"))["rounds"] for r in records]
     by_round: dict[int, list[float]] = {}
-    for site_rounds in rounds:
-        for r in site_rounds:
+    for path in records:
+        for r in json.loads(path.read_text(encoding="utf-8"))["rounds"]:
             by_round.setdefault(r["round"], []).append(r["train-loss"])
     return [round(float(np.mean(by_round[k])), 4) for k in sorted(by_round)]
 
 
-def federated_row(
-    method: str, s: Settings, grid: float, train: Path, tests: EvalSet, folder: Path, seed: int, started: float
-) -> tuple[dict[str, Any], Scored]:
-    """One federated method: the simulation, then each site's own bundle on that site's test cases."""
-    sites = [x.name for x in resolve_scenario("mixed").sites]
-    contract = Federation(
-        sites=",".join(sites),
-        method=method,
-        rounds=s.rounds,
-        local_steps=s.local_steps,
-        patch=s.patch,
-        spacing=grid,
-        filters=s.filters,
-        val_fraction=0.0,  # the fresh test cases score every bundle
-        seed=seed,
-        name=f"fed-{method}",
-    )
-    t = time.perf_counter()
-    record = simulate(contract, [train / "dataset.json"], folder)
-    seconds = time.perf_counter() - t
-    scored, gate = Scored(f"federated_{method}", 0), []
-    given = contract.network().config.site_required  # FedBN's local norms need the site named; it knows itself
-    for site in sites:
-        own = score_bundle(Path(record["bundles"][site]), tests.only(site), given, torch.device("cpu"), scored.arm)
-        scored.records += own.records
-        gate += [] if own.gate_accuracy is None else [own.gate_accuracy]
-    per_site = site_dice(scored, sites)
-    per_round = [r["seconds"] for r in record["rounds"]]
-    log(f"federated {method}, {s.rounds} x {s.local_steps} steps: mean Dice {mean_site_dice(per_site)}", started)
-    row = {
-        "method": scored.arm,
-        "site_params": contract.site_params,
-        "rounds": len(per_round),
-        "local_steps": s.local_steps,
-        "per_site": per_site,
-        "dice_mean": mean_site_dice(per_site),
-        "lesion_dice_mean": lesion_dice_mean(scored),
-        "gate_accuracy": round(float(np.mean(gate)), 4) if gate else None,
-        "seconds": round(seconds, 1),
-        "seconds_per_round": round(float(np.mean(per_round)), 2),
-        "train_loss_per_round": loss_per_round(folder, contract),
+def score_jobs(rep: Replicate, federations: dict[str, dict[str, Any]]) -> list[ScoreJob]:
+    """Every arm's models on the replicate's test cases: each site's model on that site's cases."""
+    scores = rep.folder / "scores"
+    scores.mkdir(parents=True, exist_ok=True)
+
+    def job(model: Path, arm: str, given: bool, sites: tuple[str, ...], tag: str) -> ScoreJob:
+        return ScoreJob(model, rep.test, given, arm, rep.r, scores / f"{tag}.json", sites=sites)
+
+    jobs = [job(rep.folder / CENTRAL, CENTRAL, False, (), CENTRAL)]
+    for arm, fed in federations.items():
+        bundles = fed["record"]["bundles"]
+        jobs += [job(Path(bundles[x]), arm, fed["given"], (x,), f"{arm}-{k}") for k, x in enumerate(rep.sites)]
+    jobs += [job(rep.folder / f"{LOCAL}-{k}", LOCAL, False, (x,), f"{LOCAL}-{k}") for k, x in enumerate(rep.sites)]
+    return jobs
+
+
+def merged(results: list[Scored], arm: str, r: int) -> Scored:
+    out = Scored(arm, r)
+    mine = [x for x in results if x.arm == arm]
+    out.records = [rec for x in mine for rec in x.records]
+    gates = [x.gate_accuracy for x in mine if x.gate_accuracy is not None]
+    out.gate_accuracy = round(float(np.mean(gates)), 4) if gates else None
+    return out
+
+
+def only_site(scored: Scored, site: str) -> Scored:
+    return Scored(scored.arm, scored.replicate, [x for x in scored.records if x["site"] == site])
+
+
+def site_means(scored: Scored, sites: list[str]) -> dict[str, float | None]:
+    by_site = scored.by_site()
+    return {x: mean_defined(by_site.get(x, [])) for x in sites}
+
+
+def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float) -> dict[str, Any]:
+    """Every arm of one replicate: trainings (in a pool), federations (Ray runs two sites at a time), scores."""
+    todo = [j for j in rep.trainings() if not j.out.is_dir()]
+    run_all(todo, jobs, lambda j, _r: log(f"{rep.scenario} r{rep.r} {j.out.name} trained", started))
+    federations = {arm: federate(rep, arm, s, rep.folder / arm, started) for arm in FEDERATIONS}
+    results = run_all(score_jobs(rep, federations), jobs, lambda _j, _r: None)
+    scored = {arm: merged(results, arm, rep.r) for arm in ARMS}
+    log(f"{rep.scenario} r{rep.r}: " + ", ".join(f"{a} {mean_defined(list(site_means(x, rep.sites).values()))}"
+                                                  for a, x in scored.items()), started)  # fmt: skip
+    return {"scored": scored, "federations": federations}
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    m = mean_defined(values)
+    return None if m is None else round(m, 4)
+
+
+def arm_row(arm: str, reps: list[dict[str, Any]], sites: list[str]) -> dict[str, Any]:
+    """One arm of a scenario, averaged over replicates (each replicate: the mean over sites of per-site Dice)."""
+    scored = [r["scored"][arm] for r in reps]
+    per_rep = [mean_defined(list(site_means(x, sites).values())) for x in scored]
+    row: dict[str, Any] = {
+        "method": arm,
+        "dice_mean": mean_of(per_rep),
+        "dice_per_replicate": [None if d is None else round(d, 4) for d in per_rep],
+        "per_site": {x: mean_of([site_means(sc, sites)[x] for sc in scored]) for x in sites},
+        "lesion_dice_mean": mean_of([mean_defined(list(sc.by_case("lesion_dice").values())) for sc in scored]),
+        "gate_accuracy": mean_of([sc.gate_accuracy for sc in scored]),
     }
-    return row, scored
+    if arm in FEDERATIONS:
+        feds = [r["federations"][arm] for r in reps]
+        curves = [f["dice_per_round"] for f in feds]
+        row["site_params"] = feds[0]["record"]["contract"]["site-params"]
+        row["strategy"] = FEDERATIONS[arm][1]
+        row["seconds_per_round"] = mean_of([f["seconds_per_round"] for f in feds])
+        row["dice_per_round"] = [
+            {"round": point["round"], "dice": mean_of([c[k]["dice"] for c in curves])}
+            for k, point in enumerate(curves[0])
+        ]
+        losses = [f["train_loss_per_round"] for f in feds]
+        row["train_loss_per_round"] = [mean_of(list(x)) for x in zip(*losses)]
+    return row
 
 
-def sweep_rows(
-    sweep: list[int], s: Settings, main: dict[str, Any], run: Callable[[Settings], dict[str, Any]]
-) -> list[dict[str, Any]]:
+def comparisons(reps: list[dict[str, Any]], sites: list[str]) -> list[dict[str, Any]]:
+    """Federated U-Harmony minus each arm, case by case within replicates: pooled, then per site."""
+    out = []
+    for arm in ARMS:
+        if arm == OURS:
+            continue
+        a, b = [r["scored"][arm] for r in reps], [r["scored"][OURS] for r in reps]
+        entry = {**compare(f"{OURS} - {arm}", a, b), "meaning": MEANING[arm]}
+        entry["per_site"] = {
+            x: {k: v for k, v in compare(x, [only_site(y, x) for y in a], [only_site(y, x) for y in b]).items()
+                if k in ("diff_mean", "ci95", "holds", "cases")}
+            for x in sites
+        }  # fmt: skip
+        out.append(entry)
+    return out
+
+
+def scenario_figures(scenario: str, reps: list[dict[str, Any]], sites: list[str]) -> dict[str, Any]:
+    rows = [arm_row(arm, reps, sites) for arm in ARMS]
+    central = rows[0]["dice_mean"]
+    for row in rows:
+        d = row["dice_mean"]
+        row["gap_to_centralized"] = None if d is None or central is None else round(d - central, 4)
+    compared = comparisons(reps, sites)
+    versus_central = next(c for c in compared if c["a"] == CENTRAL)
+    return {
+        "scenario": scenario,
+        "sites": sites,
+        "rows": rows,
+        "comparisons": compared,
+        "goal": {
+            "federated_uharmony_within_centralized": GOAL_GAP,
+            "gap": versus_central["diff_mean"],
+            "ci95": versus_central["ci95"],
+            "met": versus_central["diff_mean"] >= -GOAL_GAP,
+            "shown": versus_central["ci95"][0] >= -GOAL_GAP,  # the CI excludes a larger loss
+        },
+    }
+
+
+def sweep_rows(rep: Replicate, s: Settings, sweep: list[int], main: dict[str, Any], started: float) -> list[dict]:
     """Federated U-Harmony at each number of local steps, rounds x local steps kept at the main rows' budget."""
     budget = s.rounds * s.local_steps
     rows = []
     for steps in sweep:
+        x = replace(s, rounds=max(1, round(budget / steps)), local_steps=steps, eval_every=0)
         if steps == s.local_steps:
-            rows.append(main)  # the main row is this setting
-            continue
-        rows.append(run(replace(s, rounds=max(1, round(budget / steps)), local_steps=steps)))
-    keys = ("local_steps", "rounds", "dice_mean", "per_site", "lesion_dice_mean", "seconds", "train_loss_per_round")
-    return [{k: r[k] for k in keys} for r in rows]
-
-
-def central_row(
-    s: Settings, train: Path, tests: EvalSet, work: Path, seed: int, started: float
-) -> tuple[dict[str, Any], Scored, float]:
-    """U-Harmony trained on the pooled cases with the federation's budget, scored with the gate deciding.
-
-    Also returns its grid: train's default (the cases' median spacing), which every federation then uses.
-    """
-    sites = [x.name for x in resolve_scenario("mixed").sites]
-    steps = s.rounds * s.local_steps * len(sites)
-    t = time.perf_counter()
-    payload = train_run(
-        TrainConfig(
-            data=[train],
-            out=work / "central",
-            norm="uharmony",
-            filters=tuple(int(f) for f in s.filters.split(",")),
-            steps=steps,
-            patch=(s.patch,) * 3,
-            val_fraction=0.0,
-            seed=seed,
+            fed, scored = main["federations"][OURS], main["scored"][OURS]
+        else:
+            fed = federate(rep, OURS, x, rep.folder / f"{OURS}-local{steps}", started)
+            jobs = [
+                ScoreJob(Path(fed["record"]["bundles"][site]), rep.test, False, OURS, rep.r,
+                         rep.folder / "scores" / f"{OURS}-local{steps}-{k}.json", sites=(site,))
+                for k, site in enumerate(rep.sites)
+            ]  # fmt: skip
+            scored = merged(run_all(jobs, 1, lambda _j, _r: None), OURS, rep.r)
+        per_site = site_means(scored, rep.sites)
+        rows.append(
+            {
+                "local_steps": steps,
+                "rounds": x.rounds,
+                "dice_mean": mean_of(list(per_site.values())),
+                "per_site": {k: mean_of([v]) for k, v in per_site.items()},
+                "train_loss_per_round": fed["train_loss_per_round"],
+                "seconds_per_round": fed["seconds_per_round"],
+            }
         )
-    )
-    scored = score_bundle(Path(payload["bundle"]), tests, False, torch.device("cpu"), "centralized_uharmony")
-    spacing = set(load_bundle(Path(payload["bundle"])).preprocessing["spacing"])
-    if len(spacing) != 1:
-        raise SystemExit(f"centralized grid {sorted(spacing)} mm is not isotropic: a federation takes one spacing")
-    per_site = site_dice(scored, sites)
-    log(f"centralized U-Harmony: mean Dice {mean_site_dice(per_site)} ({steps} steps)", started)
-    row = {
-        "method": scored.arm,
-        "per_site": per_site,
-        "dice_mean": mean_site_dice(per_site),
-        "lesion_dice_mean": lesion_dice_mean(scored),
-        "gate_accuracy": scored.gate_accuracy,
-        "seconds": round(time.perf_counter() - t, 1),
-        "steps": steps,
-    }
-    return row, scored, float(spacing.pop())
+    return rows
 
 
-def comparisons(scored: dict[str, Scored]) -> list[dict[str, Any]]:
-    """Federated U-Harmony minus each baseline, whole-lesion Dice case by case (one replicate: a case bootstrap)."""
-    ours = "federated_uharmony"
+def notes(final: bool, replicates: int) -> list[str]:
     return [
-        {**compare(f"{ours} - {other}", [scored[other]], [scored[ours]]), "meaning": meaning}
-        for other, meaning in BASELINES.items()
+        f"{replicates} replicate(s) per scenario (the protocol lists {PROTOCOL.replicates}): replicate r trains on a "
+        "fresh draw from training_seeds[r], which also seeds every training and federation, and is scored on a "
+        f"fresh draw from the r-th {'test' if final else 'development'} seed"
+        + ("" if final else " (not a final run: development figures)")
+        + ".",
+        "Comparisons pair federated_uharmony with another arm case by case within each replicate (b - a) with a "
+        "hierarchical bootstrap 95 % CI (replicates, then cases); per_site repeats it on each site's cases. "
+        "goal.met: the mean gap to centralized U-Harmony is within 0.03 Dice; goal.shown: the CI's lower bound is.",
+        "dice_per_round: every eval_every rounds each site scores the round's model (received backbone and its own "
+        "rows, the site named, one pass) on its own validation cases (val_fraction of its cases, held out of every "
+        "arm's training); the mean over sites, then over replicates. A site's model exists only at the site, so "
+        "there is no server-side curve. Each site keeps its AdamW state between rounds and follows one one-cycle "
+        "schedule; federated U-Harmony trains residual site rows. FedProx's proximal weight is the CLI default.",
     ]
 
 
-def notes(final: bool) -> list[str]:
-    return [
-        "Seeds follow benchmarks/protocol.json with one replicate, not the protocol's "
-        f"{PROTOCOL.replicates} (each is a full run of every federation): the training cases are synthesized from "
-        "training_seeds[0], which also seeds every federation and the centralized training; the test cases come "
-        "from the protocol's first "
-        + ("test seed (a final run)." if final else "development seed (not a final run: development figures)."),
-        "Per-case scores (voxel Dice per label and whole lesion, HD95, lesion-wise Dice) are in case_scores; each "
-        "comparison pairs federated_uharmony with a baseline case by case (b - a), with a case bootstrap 95 % CI "
-        "(one replicate); it holds when the CI's lower bound is above 0.",
-        "Every model is trained on the centralized training's grid (settings.grid_mm: train's default, the cases' "
-        "median spacing). Each site keeps its AdamW state between rounds and follows one one-cycle learning-rate "
-        "schedule over all its local steps; federated U-Harmony trains residual site rows (site_params). "
-        "train_loss_per_round is the sites' mean training loss in each round (no per-round Dice: a site's model "
-        "exists only at the site); local_steps_sweep repeats federated U-Harmony at other numbers of local steps "
-        "with rounds x local steps kept.",
-    ]
+def plot_rounds(figures: list[dict[str, Any]], out: Path) -> None:
+    """Dice on the sites' validation cases against rounds, one panel per scenario; centralized test Dice dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(figures), figsize=(5.2 * len(figures), 3.6), squeeze=False)
+    for ax, scenario in zip(axes[0], figures):
+        for row in scenario["rows"]:
+            curve = row.get("dice_per_round")
+            if curve:
+                ax.plot([p["round"] for p in curve], [p["dice"] for p in curve], marker="o", label=row["method"])
+        central = scenario["rows"][0]["dice_mean"]
+        if central is not None:
+            ax.axhline(central, color="k", ls="--", lw=1, label=f"{CENTRAL} (test)")
+        ax.set(title=scenario["scenario"], xlabel="round", ylabel="whole-lesion Dice (validation)", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(out)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a miniature run (seconds per method)")
+    ap.add_argument("--quick", action="store_true", help="a miniature run (one scenario, one replicate)")
     ap.add_argument("--out", type=Path, help="JSON figures (default docs/results/federated.json; quick: none)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/uharmony-federated-bench"), help="data and models")
-    ap.add_argument("--rounds", type=int)
-    ap.add_argument("--local-steps", type=int)
+    ap.add_argument("--scenarios", nargs="+", default=None, help="(protocols annotation; quick: protocols)")
+    ap.add_argument("--replicates", type=int, default=None, help="per scenario (3; quick: 1)")
     ap.add_argument(
         "--local-steps-sweep",
         type=int,
@@ -245,65 +400,53 @@ def main() -> int:
         metavar="N",
         help="federated U-Harmony again at each N local steps, rounds x local steps kept (e.g. 5 25 100)",
     )
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    ap.add_argument("--jobs", type=int, default=2, help="single-threaded trainings and scorings side by side (2)")
     ap.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = ap.parse_args()
     if args.quick and args.final:
         ap.error("--quick never uses the test seeds: drop --final")
     if any(n < 1 for n in args.local_steps_sweep):
         ap.error("--local-steps-sweep: each number of local steps must be at least 1")
-    torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
-    s = Settings(
-        **{**asdict(s), **{k: v for k, v in (("rounds", args.rounds), ("local_steps", args.local_steps)) if v}}
-    )
+    scenarios = args.scenarios or (["protocols"] if args.quick else ["protocols", "annotation"])
+    replicates = args.replicates or (1 if args.quick else 3)
+    for scenario in scenarios:
+        resolve_scenario(scenario)  # an unknown name fails before any work
     out = args.out or (None if args.quick else ROOT / "docs" / "results" / "federated.json")
     if out is not None:
         check_writable(out)
+    torch.set_num_threads(1)
     work = args.work / ("quick" if args.quick else "full")
-    runs = (*METHODS, "central", *(f"uharmony-local{n}" for n in args.local_steps_sweep))
-    if work.exists() and any((work / m).exists() for m in runs):
-        raise SystemExit(f"{work}: holds an earlier run's models; delete it or choose another --work")
+    check_work(work, {**asdict(s), "final": args.final})
     started = time.perf_counter()
-    mixed = resolve_scenario("mixed")
-    seeds = {"train": PROTOCOL.replicate_seeds(1)[0], "test": PROTOCOL.evaluation_seeds(args.final)[0]}
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    # Folders named by seed: a dataset of an earlier protocol or of the other evaluation is never reused.
-    train = synthesize(work / "data" / f"train-{seeds['train']}", mixed, seeds["train"], s.spacing, s.cases_per_site)
-    test = synthesize(work / "data" / f"test-{seeds['test']}", mixed, seeds["test"], s.spacing, s.test_cases_per_site)
-    tests = load_tests(test)
-    central, central_scored, grid = central_row(s, train, tests, work, seeds["train"], started)
-    federated = [federated_row(m, s, grid, train, tests, work / m, seeds["train"], started) for m in METHODS]
-    rows = [r for r, _ in federated]
-
-    def uharmony_at(x: Settings) -> dict[str, Any]:
-        folder = work / f"uharmony-local{x.local_steps}"
-        return federated_row("uharmony", x, grid, train, tests, folder, seeds["train"], started)[0]
-
-    sweep = sweep_rows(args.local_steps_sweep, s, rows[0], uharmony_at)
-    scored = {x.arm: x for x in [*(x for _, x in federated), central_scored]}
-    for row in rows:
-        row["gap_to_centralized"] = (
-            None
-            if row["dice_mean"] is None or central["dice_mean"] is None
-            else round(row["dice_mean"] - central["dice_mean"], 4)
-        )
-    cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, list(scored.values()))
-    figures = {
-        "rows": [*rows, central],
-        "comparisons": comparisons(scored),
+    figures, scored, sweep = [], [], []
+    for scenario in scenarios:
+        reps_info = [Replicate(work, scenario, r, s, args.final) for r in range(replicates)]
+        reps = [run_replicate(rep, s, args.jobs, started) for rep in reps_info]
+        figures.append(scenario_figures(scenario, reps, reps_info[0].sites))
+        scored += [replace(x, arm=f"{scenario}/{x.arm}") for r in reps for x in r["scored"].values()]
+        if args.local_steps_sweep and not sweep:
+            sweep = sweep_rows(reps_info[0], s, args.local_steps_sweep, reps[0], started)
+    cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, scored)
+    plot = None
+    if out is not None:
+        plot = out.with_name(out.stem + "_rounds.png")
+        plot_rounds(figures, plot)
+    doc = {
+        "scenarios": figures,
         "evaluation": "test" if args.final else "development",
         "protocol": PROTOCOL.to_json(),
+        "replicates": replicates,
         "case_scores": None if cases is None else cases.name,
-        "seconds_per_round": round(float(np.mean([r["seconds_per_round"] for r in rows])), 2),
+        "rounds_plot": None if plot is None else plot.name,
         "local_steps_sweep": sweep,
-        "settings": {**asdict(s), "grid_mm": grid, "data_seeds": seeds},  # seeds["train"] also seeds every training
-        "runtime": "Flower simulation (in-process Ray), one torch thread",
+        "settings": asdict(s),
+        "runtime": "Flower simulation (Ray, two sites at a time), one torch thread per process",
         "command": " ".join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - started, 1),
-        "notes": notes(args.final),
+        "notes": notes(args.final, replicates),
     }
-    text = json.dumps(figures, indent=2)
+    text = json.dumps(doc, indent=2)
     print(text)
     if out is not None:
         write_text_atomic(out, text + "\n")

@@ -366,24 +366,62 @@ def render_adapt_or_harmonize(doc: dict[str, Any]) -> list[str]:
 
 
 def render_federated(doc: dict[str, Any]) -> list[str]:
-    """benchmarks/federated.py: per-site Dice of each federated method and of centralized training, time per round."""
-    rows = doc.get("rows", [])
-    sites = list(dict.fromkeys(k for r in rows for k in r.get("per_site", {})))
-    body = [
-        [
-            f"`{r['method']}`",
-            _dice(r.get("dice_mean")),
-            "" if r.get("gap_to_centralized") is None else f"{r['gap_to_centralized']:+.3f}",
-            *[_dice(r["per_site"].get(s)) for s in sites],
-            r.get("seconds_per_round", ""),
+    """benchmarks/federated.py: per scenario, each arm's Dice (per site, per replicate), its gap to centralized
+    training and the goal; federated U-Harmony against each arm per site; Dice per round; the local-steps sweep."""
+    out: list[str] = []
+    if doc.get("rounds_plot"):
+        out += [f"![Dice on the sites' validation cases against rounds](results/{doc['rounds_plot']})", ""]
+    for scenario in doc.get("scenarios", []):
+        sites, rows = scenario["sites"], scenario["rows"]
+        body = [
+            [
+                f"`{r['method']}`",
+                _dice(r.get("dice_mean")),
+                ", ".join(_dice(d) for d in r.get("dice_per_replicate", [])),
+                "" if r.get("gap_to_centralized") is None else f"{r['gap_to_centralized']:+.3f}",
+                *[_dice(r["per_site"].get(x)) for x in sites],
+                r.get("seconds_per_round", ""),
+            ]
+            for r in rows
         ]
-        for r in rows
-    ]
-    out = table(["method", "mean Dice", "gap to centralized", *sites, "s / round"], body)
-    out += ["", f"Mean wall time per federated round: {doc.get('seconds_per_round')} s ({doc.get('runtime')})."]
-    out += ["", *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])]
+        goal = scenario["goal"]
+        out += [f"### `{scenario['scenario']}`", ""]
+        out += table(["arm", "mean Dice", "per replicate", "gap to centralized", *sites, "s / round"], body)
+        out += [
+            "",
+            f"Goal, federated U-Harmony within {goal['federated_uharmony_within_centralized']} Dice of centralized "
+            f"U-Harmony: gap {goal['gap']:+.4f} (95 % CI {goal['ci95'][0]:+.4f} to {goal['ci95'][1]:+.4f}); "
+            f"mean within the goal: {'yes' if goal['met'] else '**no**'}; CI within it: "
+            f"{'yes' if goal['shown'] else '**no**'}.",
+            "",
+            "Federated U-Harmony minus each arm per site (mean, 95 % CI):",
+            "",
+        ]
+        per_site = [
+            [f"`{c['a']}`", *[f"{c['per_site'][x]['diff_mean']:+.3f} [{c['per_site'][x]['ci95'][0]:+.3f}, "
+                              f"{c['per_site'][x]['ci95'][1]:+.3f}]" for x in sites]]
+            for c in scenario["comparisons"]
+        ]  # fmt: skip
+        out += table(["minus", *sites], per_site)
+        curves = [r for r in rows if r.get("dice_per_round")]
+        if curves:
+            rounds = [p["round"] for p in curves[0]["dice_per_round"]]
+            body = [[f"`{r['method']}`", *[_dice(p["dice"]) for p in r["dice_per_round"]]] for r in curves]
+            out += ["", "Whole-lesion Dice on the sites' validation cases after each round:", ""]
+            out += table(["arm", *[f"round {k}" for k in rounds]], body)
+        out += [""]
+    sweep = doc.get("local_steps_sweep", [])
+    if sweep:
+        body = [[r["local_steps"], r["rounds"], _dice(r["dice_mean"]), r.get("seconds_per_round", "")] for r in sweep]
+        out += [
+            "Federated U-Harmony at other local steps, rounds x local steps kept (first scenario, replicate 0):",
+            "",
+        ]
+        out += [*table(["local steps", "rounds", "mean Dice", "s / round"], body), ""]
+    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
+    out += ["", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
-    return [*out, "", f"Command: `{doc.get('command')}`; wall time {minutes:.1f} min."]
+    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('runtime')}; wall time {minutes:.1f} min."]
 
 
 def render_case_time(doc: dict[str, Any]) -> list[str]:
@@ -452,7 +490,13 @@ def legacy_comparisons(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def comparisons_of(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """A file's claims and comparisons (or, before the protocol, its seed-paired differences)."""
-    return [*doc.get("claims", []), *doc.get("comparisons", [])] or legacy_comparisons(name, doc)
+    nested = [  # comparisons kept per scenario (federated.json), named with their scenario
+        {**c, "name": f"{x['scenario']}: {c['name']}"}
+        for x in doc.get("scenarios", [])
+        if isinstance(x, dict)
+        for c in x.get("comparisons", [])
+    ]
+    return [*doc.get("claims", []), *doc.get("comparisons", []), *nested] or legacy_comparisons(name, doc)
 
 
 def comparison_table(doc: dict[str, Any], found: list[dict[str, Any]]) -> list[str]:

@@ -35,8 +35,13 @@ def evaluate(
     device: torch.device,
     precision: str,
     reporter: Reporter | None = None,
+    site_given: bool = False,
 ) -> dict[str, Any]:
-    """Validation figures per site and overall; `score` is the mean whole-lesion Dice over sites."""
+    """Validation figures per site and overall; `score` is the mean whole-lesion Dice over sites.
+
+    `site_given` names each case's site instead of asking the gate: a federated site scoring
+    the current round's model knows who it is, and its gate is only fitted at the end.
+    """
     reporter = reporter or SilentReporter()
     bundle = Bundle(Path("(training)"), card, net)
     was_training = net.training
@@ -45,10 +50,11 @@ def evaluate(
     try:
         for i, (case, loaded) in enumerate(cases):
             site = plan.sites[case.site].name
+            given = site_given or net.config.site_required
             result = segment_volumes(
                 bundle,
                 loaded.images,
-                site=site if net.config.site_required else "auto",
+                site=site if given else "auto",
                 device=device,
                 precision=precision,
                 mirror=False,  # one pass: validation runs often; the ranking of checkpoints is what counts
@@ -61,7 +67,7 @@ def evaluate(
             for name, (d, h) in scores.items():
                 entry["dice"].setdefault(name, []).append(d)
                 entry["hd95_mm"].setdefault(name, []).append(h)
-            if not net.config.site_required:
+            if not given:
                 entry["gate"].append(float(result.gate.chosen == site))
             reporter.progress("validate", i + 1, len(cases))
     finally:

@@ -1,7 +1,8 @@
 """The Flower ClientApp: one hospital's node answering the server's messages.
 
 Messages: `train` (a round of local steps on the received backbone; replies the shared
-tensors only), `query.publish` (the site's gate-bank summary vectors and, if the site
+tensors only), `evaluate` (with `--eval-every`: the round's model on the site's validation
+cases; replies a Dice and a case count), `query.publish` (the site's gate-bank summary vectors and, if the site
 publishes, its trained rows) and `query.finish` (the final backbone and the published
 rows in, the site's own bundle out). A deployed node reads its settings from its
 SuperNode's node config (`site`, `data`, `state`, optional `publish`) and the contract
@@ -50,6 +51,15 @@ def make_client_app(settings: NodeSettings) -> ClientApp:
         server_round = int(record_number(config, "server-round"))
         out, figures = site.train_round(shared, server_round, record_number(config, "proximal-mu", 0.0))
         content = RecordDict({"arrays": ArrayRecord(out), "metrics": MetricRecord(dict(figures))})
+        return Message(content=content, reply_to=msg)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """The round's model (received backbone, the site's own rows) on the site's validation cases."""
+        site, _ = node(context)
+        shared = {k: v.float() for k, v in msg.content.array_records["arrays"].to_torch_state_dict().items()}
+        figures = site.evaluate_round(shared)
+        content = RecordDict({"site": ConfigRecord({"name": site.site}), "metrics": MetricRecord(dict(figures))})
         return Message(content=content, reply_to=msg)
 
     @client.query("publish")

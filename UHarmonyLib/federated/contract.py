@@ -46,6 +46,7 @@ class Federation:
     site_params: str = "residual"  # uharmony's site rows as shared + offset (site_sharing.py); others: independent
     seed: int = 0
     val_fraction: float = 0.2
+    eval_every: int = 0  # every N rounds each site scores the round's model on its validation cases; 0: never
     min_sites: int = 0  # sites needed per round; 0: all of them
     round_timeout: float = 900.0
     name: str = "uharmony-federated"
@@ -67,6 +68,10 @@ class Federation:
             object.__setattr__(self, "site_params", "independent")
         if self.strategy not in STRATEGIES:
             raise InputError(f"--strategy {self.strategy}: unknown (use {', '.join(STRATEGIES)})")
+        if self.eval_every < 0:
+            raise InputError(f"--eval-every {self.eval_every}: must be 0 (never) or a number of rounds")
+        if self.eval_every and self.val_fraction <= 0:
+            raise InputError(f"--eval-every {self.eval_every}: the sites hold out no validation cases to score")
         if min(self.rounds, self.local_steps, self.batch) < 1:
             raise InputError("--rounds, --local-steps and --batch must be at least 1")
         depth = len(self.filter_widths)
@@ -108,6 +113,10 @@ class Federation:
 
     def preprocessing(self) -> dict[str, Any]:
         return {"orientation": "RAS", "spacing": [self.spacing] * 3, "intensity": {"method": "zscore", "nonzero": True}}
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the sites score the model after `server_round`: every `eval_every` rounds and the last."""
+        return self.eval_every > 0 and (server_round % self.eval_every == 0 or server_round == self.rounds)
 
     @property
     def total_steps(self) -> int:

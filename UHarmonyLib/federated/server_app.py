@@ -76,6 +76,19 @@ class RoundLog:
         self.data["rounds"].append({"round": server_round, "sites": replies, "seconds": seconds})
         self.save()
 
+    def evaluated(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """Record each site's whole-lesion Dice of the round's model on its own validation cases (None: no
+        cases or no lesion); returns the replies with a Dice, the ones Flower's weighted mean may average."""
+        dice: dict[str, float | None] = {}
+        scored = []
+        for m in replies:
+            value = record_number(m.content.metric_records["metrics"], "dice-whole-lesion")
+            dice[str(m.content["site"]["name"])] = None if value < 0 else round(value, 4)
+            scored += [m] if value >= 0 else []
+        self.data.setdefault("evaluations", []).append({"round": server_round, "dice_whole_lesion": dice})
+        self.save()
+        return scored
+
     def fail(self, reason: str) -> None:
         self.data["status"] = "failed"
         self.data["error"] = reason
@@ -91,9 +104,9 @@ def make_strategy(contract: Federation, log: RoundLog, dp_noise: float = 0.0, dp
     need = contract.required_sites
     kwargs: dict[str, Any] = {
         "fraction_train": 1.0,
-        "fraction_evaluate": 0.0,  # sites validate once, on their own bundle
+        "fraction_evaluate": 1.0 if contract.eval_every else 0.0,  # else sites validate once, on their own bundle
         "min_train_nodes": need,
-        "min_evaluate_nodes": 0,
+        "min_evaluate_nodes": need if contract.eval_every else 0,
         "min_available_nodes": need,
     }
     if contract.strategy == "fedprox":
@@ -117,6 +130,20 @@ def make_strategy(contract: Federation, log: RoundLog, dp_noise: float = 0.0, dp
             result = super().aggregate_train(server_round, valid)
             log.round_done(server_round, len(valid))
             return result
+
+        def configure_evaluate(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            if not contract.evaluates(server_round):
+                return []
+            return super().configure_evaluate(server_round, arrays, config, grid)
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            if not contract.evaluates(server_round):  # Flower calls this after every round, asked or not
+                return None
+            valid = log.received(f"evaluate {server_round}", list(replies), need)
+            scored = log.evaluated(server_round, valid)
+            return super().aggregate_evaluate(server_round, scored) if scored else None
 
     strategy: Strategy = Logged(**kwargs)
     if dp_noise > 0:

@@ -53,6 +53,11 @@ RECORD_NAME = "site.json"
 MOMENTS_NAME = "optimizer.safetensors"  # AdamW's exp_avg and exp_avg_sq per parameter name
 OPTIMIZER_NAME = "optimizer.json"  # step count per parameter name, the round, the moments file's sha256
 MOMENTS = ("exp_avg", "exp_avg_sq")
+# A process's cases across messages, by the files' paths, sizes and times: a simulation's actors (and a
+# SuperNode run without process isolation) answer many rounds, and reading and resampling every case
+# again each round cost about as much as the round's training.
+_CASES: dict[tuple[Any, ...], tuple[list[LoadedCase], list[Any]]] = {}
+CACHED_SITES = 4  # a simulation's actor answers for several sites in turn
 
 
 def federation_schedule(optimizer: torch.optim.Optimizer, contract: Federation, start: int) -> OneCycleLR:
@@ -118,26 +123,36 @@ class SiteNode:
         self.state = Path(state) / contract.digest()
         self.state.mkdir(parents=True, exist_ok=True)
         self.patch = (contract.patch,) * 3
-        self._loaded: list[LoadedCase] | None = None
 
     # ------------------------------------------------------------ data and state
 
+    def _cached(self) -> tuple[list[LoadedCase], list[Any]]:
+        """The site's cases as read, and its training cases as prepared on the federation's grid."""
+        files = [p for c in self.plan.cases for p in (*c.entry.images, c.entry.label)]
+        stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        key = (self.contract.digest(), self.site, tuple(self.own.train), stats)
+        if key not in _CASES:
+            while len(_CASES) >= CACHED_SITES:
+                _CASES.pop(next(iter(_CASES)))  # the oldest
+            loaded = [load_case(c, len(self.plan.channels)) for c in self.plan.cases]
+            pre = self.contract.preprocessing()
+            prepared = [
+                prepare_case(loaded[i], pre, self.patch, self.plan.channels, self.plan.cases[i].entry.case)
+                for i in self.own.train
+            ]
+            _CASES[key] = (loaded, prepared)
+        return _CASES[key]
+
     @property
     def loaded(self) -> list[LoadedCase]:
-        if self._loaded is None:
-            self._loaded = [load_case(c, len(self.plan.channels)) for c in self.plan.cases]
-        return self._loaded
+        return self._cached()[0]
 
     @property
     def own(self) -> Site:
         return self.plan.sites[self.index]
 
     def prepared(self) -> list[Any]:
-        pre = self.contract.preprocessing()
-        return [
-            prepare_case(self.loaded[i], pre, self.patch, self.plan.channels, self.plan.cases[i].entry.case)
-            for i in self.own.train
-        ]
+        return self._cached()[1]
 
     def record(self) -> dict[str, Any]:
         path = self.state / RECORD_NAME
@@ -260,6 +275,18 @@ class SiteNode:
         }
         self._save(net, opt, server_round, record)
         return shared_state(net), figures
+
+    def evaluate_round(self, shared: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Whole-lesion Dice of the round's model on this site's validation cases, the site named (its gate is
+        fitted only at the end); -1 when it has no validation case or no defined Dice."""
+        net = self.network(shared)
+        cases = [(self.plan.cases[i], self.loaded[i]) for i in self.own.val]
+        if not cases:
+            return {"dice-whole-lesion": -1.0, "num-examples": 0}
+        card = self._card(net, self.plan, self.contract.site_names, {})
+        figures = evaluate(net, card, self.plan, cases, torch.device("cpu"), "float32", site_given=True)
+        dice = figures["mean_dice_whole_lesion"]
+        return {"dice-whole-lesion": -1.0 if dice is None else float(dice), "num-examples": len(cases)}
 
     def bank(self) -> SignatureBank:
         """Scanner signatures of this site's training windows: the only description of its images that leaves."""
