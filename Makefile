@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,13 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# the browser edition's tests drive Debian's chromium (Playwright never downloads a browser)
+browser:
+	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && (apt-get install -y -q chromium || \
+		(apt-get update -q && apt-get install -y -q chromium)); } || \
+		{ echo "the browser tests need chromium: sudo apt-get install chromium" >&2; exit 1; }
+
 demo: $(STAMP)
 	$(BIN)/uharmony demo --out out/demo
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q --durations=15 Testing
 
-test-fast: lint
+test-fast: lint browser
 	$(BIN)/python -m pytest -q -m "not slow" Testing
 
 # ruff, the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib) and the
