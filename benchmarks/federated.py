@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -164,6 +165,8 @@ def federate(rep: Replicate, arm: str, s: Settings, folder: Path, started: float
     contract = rep.contract(arm, s)
     record_path = folder / "server" / "server.json"
     done = record_path.is_file() and json.loads(record_path.read_text(encoding="utf-8")).get("status") == "finished"
+    if folder.exists() and not done:  # a killed federation's site states would resume mid-way: start it afresh
+        shutil.rmtree(folder)
     t = time.perf_counter()
     record = json.loads(record_path.read_text(encoding="utf-8")) if done else simulate(contract, [rep.train], folder)
     rounds = record["rounds"]
