@@ -136,13 +136,31 @@ def test_bad_trial_options_are_refused_in_one_line(tiny: Path, tmp_path: Path, e
 
 @pytest.mark.slow  # a calibration run first: 20-35 s on one shared CPU
 def test_a_budget_too_small_is_refused_with_what_would_do(tiny: Path, tmp_path: Path) -> None:
-    run = run_main("diagnose", "--data", tiny, "--out", tmp_path / "report", "--trials", "--budget-minutes", 0.1, *TINY)
+    """Refused with the budget that would do; a method given by name is not screened first (no screen progress)."""
+    out = tmp_path / "report"
+    run = run_main(
+        "diagnose",
+        "--data",
+        tiny,
+        "--out",
+        out,
+        "--trials",
+        "--budget-minutes",
+        0.1,
+        "--harmonize-method",
+        "nyul",
+        *TINY,
+    )
     _refused(run, "--budget-minutes 0.1 buys 0 steps per trial (16 trials")
     assert f"{MIN_STEPS} steps need about --budget-minutes" in run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert not any(e.get("stage") == "screen" for e in events)
+    assert any(e.get("message") == "trials: harmonization nyul, as given (not screened)" for e in events)
 
 
-@pytest.mark.slow  # 16 tiny trainings of 20 steps and their scoring: about two minutes on one CPU thread
+@pytest.mark.slow  # the screen, 16 tiny trainings of 20 steps and their scoring: about three minutes on one CPU thread
 def test_trials_write_their_outcome_into_the_summary_and_the_page(tiny: Path, tmp_path: Path) -> None:
+    """By default the harmonized strategies use the screened method, and the summary and page show the screen."""
     out = tmp_path / "report"
     run = run_main(
         "diagnose", "--data", tiny, "--out", out, "--trials", "--budget-minutes", 30, "--trial-max-steps", 20, *TINY
@@ -150,12 +168,18 @@ def test_trials_write_their_outcome_into_the_summary_and_the_page(tiny: Path, tm
     assert run.code == 0, run.stderr
     events = [json.loads(line) for line in run.stdout.splitlines()]
     assert [e["done"] for e in events if e.get("stage") == "trials"] == list(range(1, 17))
-    assert any(e["event"] == "log" and "16 trials (4 strategies x 2 seeds x 2 folds)" in e["message"] for e in events)
+    assert [e["done"] for e in events if e.get("stage") == "screen"] == list(range(1, 8))
+    estimate = next(e["message"] for e in events if e["event"] == "log" and "16 trials (4 strategies" in e["message"])
+    assert "16 trials (4 strategies x 2 seeds x 2 folds)" in estimate and "the harmonization screen's" in estimate
     result = events[-1]
     trials = json.loads((out / "summary.json").read_text(encoding="utf-8"))["trials"]
     assert result["trial_advice"] == trials["advice"] and result["trial_reason"] == trials["reason"]
     assert trials["steps"] == MIN_STEPS and trials["seeds"] == [0, 1] and trials["folds"] == 2
-    assert trials["harmonize_method"]["method"] == "nyul"
+    method = trials["harmonize_method"]
+    assert method["chosen_by"] == "screened (--harmonize-method auto)" and method["screen"]["reduces"]
+    assert method["method"] == method["screen"]["chosen"] in ("nyul", "match")  # the appearance scenario's gamma
+    assert {s["harmonize"] for s in trials["strategies"].values()} == {None, method["method"]}
+    assert trials["budget"]["screen_seconds"] == method["screen"]["seconds"] > 0
     rows = trials["rows"]
     assert len(rows) == 4 * 2 * 12  # every case scored once per seed and strategy
     for strategy in STRATEGIES:
@@ -169,3 +193,4 @@ def test_trials_write_their_outcome_into_the_summary_and_the_page(tiny: Path, tm
     page = (out / "report.html").read_text(encoding="utf-8")
     assert len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]{200,}'", page)) == 5
     assert "Outcome trials" in page and "Each strategy minus plain training" in page and "http" not in page
+    assert "Harmonization methods screened" in page

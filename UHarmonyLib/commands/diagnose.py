@@ -40,7 +40,11 @@ TRIAL_OPTIONS = [
         help=f"trials: at most N steps each ({DEFAULT_STEPS}, train's default)",
     ),
     Option("--margin", type=float, default=0.01, help="trials: Dice gain over plain training worth advising (0.01)"),
-    Option("--harmonize-method", metavar="METHOD", help="trials: harmonization of the harmonized strategies (nyul)"),
+    Option(
+        "--harmonize-method",
+        metavar="METHOD",
+        help="trials: harmonization of the harmonized strategies (auto: the method the screen finds best)",
+    ),
     *(
         replace(_TRAIN[dest], help=f"trials: {_TRAIN[dest].help}")
         for dest in ("patch", "filters", "batch_size", "spacing")
@@ -92,7 +96,7 @@ def check_out(out: Path) -> None:
 
 def trial_settings(args: argparse.Namespace) -> TrialSettings | None:
     """The trials' settings, checked before any work; None without --trials (whose options it then refuses)."""
-    from UHarmonyLib.diagnose.trials import DEFAULT_METHOD, TrialSettings
+    from UHarmonyLib.diagnose.trials import AUTO, TrialSettings
 
     if not args.trials:
         given = next((o.flag for o in TRIAL_OPTIONS if getattr(args, o.dest) != defaults([o])[o.dest]), None)
@@ -111,8 +115,7 @@ def trial_settings(args: argparse.Namespace) -> TrialSettings | None:
         budget_minutes=args.budget_minutes,
         margin=args.margin,
         max_steps=args.trial_max_steps,
-        method=args.harmonize_method or DEFAULT_METHOD,
-        method_given=args.harmonize_method is not None,
+        method=args.harmonize_method or AUTO,
         patch=tuple(args.patch),
         filters=tuple(args.filters),
         batch_size=args.batch_size,
@@ -227,6 +230,9 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
             outcome = summary["trials"]
             print(f"Trials ({outcome['steps']} steps x {outcome['budget']['trials']}): {outcome['advice']}")
             print(f"  {outcome['reason']}")
+            screen = outcome["harmonize_method"]["screen"]
+            if screen is not None:
+                print(f"  harmonization screened: {screen['verdict']}")
             drivers = outcome["drivers"]
             if drivers["sites"]:
                 shown = ", ".join(f"{site} {d:+.3f}" for site, d in drivers["sites"].items())

@@ -4,10 +4,11 @@
 features.py measures every case, compare.py contrasts sites, decide.py turns the
 evidence into a recommendation with explicit thresholds, model.py adds what a trained
 model shows (optional), trials.py (`--trials`) trains each strategy briefly on held-out
-splits and advises from the measured Dice instead of thresholds, and report.py writes the
-HTML page; `summary.json` holds everything the page shows. summaries.py writes and reads a
-site summary: one site's case features, for sites that cannot pool their images
-(`--summarize` at each site, `--peer-summaries` where the diagnosis runs).
+splits and advises from the measured Dice instead of thresholds (method_screen.py picks its
+harmonization method), and report.py writes the HTML page; `summary.json` holds
+everything the page shows. summaries.py writes and reads a site summary: one site's case
+features, for sites that cannot pool their images (`--summarize` at each site,
+`--peer-summaries` where the diagnosis runs).
 """
 
 from __future__ import annotations

@@ -76,9 +76,15 @@ def _dilate(mask: np.ndarray, reference: sitk.Image, margin_mm: float) -> np.nda
     return sitk.GetArrayFromImage(sitk.BinaryDilate(image, radius)).astype(bool)
 
 
-def channel_features(image: sitk.Image, lesions: np.ndarray, where: str) -> ChannelFeatures:
-    """Normal-tissue distribution (robust z) and SNR of one channel image."""
-    head = foreground_mask(image, where)
+def channel_features(
+    image: sitk.Image, lesions: np.ndarray, where: str, head: np.ndarray | None = None
+) -> ChannelFeatures:
+    """Normal-tissue distribution (robust z) and SNR of one channel image.
+
+    `head` (default: Otsu's mask of `image`) lets a harmonized image be measured on its original's
+    tissue: Otsu on a z-scored, skull-stripped image (tissue either side of its zero background) is not the head.
+    """
+    head = foreground_mask(image, where) if head is None else head
     x = sitk.GetArrayViewFromImage(image)
     tissue = x[head & ~_dilate(lesions, image, LESION_MARGIN_MM)].astype(np.float64)
     if tissue.size < 100:

@@ -172,6 +172,39 @@ TRIALS_METHOD = (
 )
 
 
+SCREEN_METHOD = (
+    "Each method is fitted on the screened cases as training fits it, applied, and every case's normal-tissue "
+    "appearance is measured again on the original head mask; the residual is the mean over site pairs and "
+    "channels of the W1 distance between the sites' mean quantile functions (robust sd). The features are robust "
+    "z-scores of each image, so per-image affine methods (zscore, percentile, whitestripe) leave them unchanged: "
+    "their residual is that of no harmonization. Ties ({tie:g} % of no harmonization's distance) go to the simpler "
+    "method, in the table's order; the chosen method reduces the distance only if it is at least {meaningful:g} % "
+    "below no harmonization's and that is at least {floor:g} robust sd (below it diagnose sees no appearance shift)."
+)
+
+
+def screen_html(screen: dict[str, Any]) -> list[str]:
+    """The harmonization screen: verdict, one row per method (the chosen one marked) and how it was measured."""
+    rows = [
+        [
+            m["method"],
+            m["residual"],
+            None if m["reduction"] is None else f"{100 * m['reduction']:+.0f} %",
+            m["chosen"],
+            m["reason"],
+        ]
+        for m in screen["methods"]
+    ]
+    method = SCREEN_METHOD.format(tie=100 * screen["tie"], meaningful=100 * screen["meaningful"], floor=screen["floor"])
+    return [
+        "<h3>Harmonization methods screened</h3>",
+        f"<p>{html.escape(screen['verdict'])} ({screen['cases']} cases, at most {screen['cases_per_site']} per "
+        f"site, {screen['seconds']:.0f} s).</p>",
+        _table(["method", "residual distance (robust sd)", "reduction vs none", "chosen", "reason"], rows),
+        f"<p>{html.escape(method)}</p>",
+    ]
+
+
 def trials_html(trials: dict[str, Any], sites: list[str]) -> list[str]:
     """The outcome trials: advice, reason, per-site Dice (table and plot), the CI forest plot and the design."""
     budget, drivers = trials["budget"], trials["drivers"]
@@ -187,6 +220,8 @@ def trials_html(trials: dict[str, Any], sites: list[str]) -> list[str]:
         f"took {trials['seconds'] / 60:.1f} min. Harmonization: {html.escape(method['method'])} "
         f"({html.escape(method['chosen_by'])}).</p>",
     ]
+    if method["screen"] is not None:
+        parts += screen_html(method["screen"])
     if drivers["sites"]:
         parts += [
             f"<h3>Which sites drive the difference ({html.escape(drivers['strategy'])} - plain)</h3>",

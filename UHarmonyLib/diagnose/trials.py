@@ -13,6 +13,10 @@ hierarchical bootstrap interval (evaluation/bootstrap.py: seeds resampled, then 
 The number of steps is bought with a time budget: a short calibration run (the costliest
 strategy, both) measures seconds per step and the fixed cost of a trial (reading, harmonizing,
 saving, scoring), and the steps per trial follow from what is left of the budget.
+
+The harmonized strategies' method is the caller's, or with `AUTO` (the command's default) the
+one method_screen.py finds leaves the sites looking most alike; the screen's time is spent
+from the budget before the calibration.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ ADVICE = {
 }
 PLAIN_ENOUGH = "plain joint training is enough"
 INCONCLUSIVE = "inconclusive at this budget"
-DEFAULT_METHOD = "nyul"
+DEFAULT_METHOD = "nyul"  # the library's default: callers that train the strategies themselves need a method
+AUTO = "auto"  # screen the methods on the data (method_screen.py); the command's default
 MIN_STEPS = 20  # fewer steps per trial measure initialization, not the strategies
 CALIBRATION_STEPS = 5
 MAX_STEPS = DEFAULT_STEPS  # by default a trial never trains longer than `uharmony train` would
@@ -75,8 +80,7 @@ class TrialSettings:
     budget_minutes: float = 20.0
     margin: float = 0.01
     max_steps: int = MAX_STEPS  # the budget buys steps up to this many (a trial need not outlast real training)
-    method: str = DEFAULT_METHOD
-    method_given: bool = False  # --harmonize-method named by the user, not the default
+    method: str = DEFAULT_METHOD  # or AUTO
     patch: tuple[int, ...] = (64,)
     filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     batch_size: int = 2
@@ -97,8 +101,8 @@ class TrialSettings:
             raise InputError(f"--margin must be in [0, 1) (whole-lesion Dice), got {self.margin}")
         if self.max_steps < MIN_STEPS:
             raise InputError(f"--trial-max-steps must be at least {MIN_STEPS}, got {self.max_steps}")
-        if self.method not in METHODS:
-            raise InputError(f"--harmonize-method {self.method}: unknown method (use {', '.join(METHODS)})")
+        if self.method not in (AUTO, *METHODS):
+            raise InputError(f"--harmonize-method {self.method}: unknown method (use {', '.join((AUTO, *METHODS))})")
         self.config(Path("dataset.json"), Path("trial"), BASELINE, 0, MIN_STEPS).check()
 
     def config(self, data: Path, out: Path, strategy: str, seed: int, steps: int) -> Any:
@@ -350,10 +354,29 @@ def trial_plan(data: Path, s: TrialSettings) -> Plan:
     return plan
 
 
-def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> dict[str, Any]:
-    """Calibrate, check the budget (refused in one line if too small), run every trial, advise.
+def harmonize_method(plan: Plan, s: TrialSettings, reporter: Reporter) -> tuple[TrialSettings, dict[str, Any]]:
+    """The settings with the harmonized strategies' method, and how it was chosen: given, or screened (AUTO)."""
+    if s.method != AUTO:
+        reporter.log(f"trials: harmonization {s.method}, as given (not screened)")
+        return s, {"method": s.method, "chosen_by": "--harmonize-method", "screen": None}
+    from UHarmonyLib.diagnose.method_screen import CANDIDATES, CASES_PER_SITE, screen_methods
 
-    Progress: stage "trials", one step per finished trial; the estimate is logged before the first.
+    reporter.log(
+        f"trials: screening harmonization methods (none, {', '.join(CANDIDATES)}) on at most {CASES_PER_SITE} "
+        "cases per site"
+    )
+    screen = screen_methods(plan, reporter)
+    reporter.log(f"trials: harmonization {screen['chosen']}: {screen['verdict']}")
+    record = {"method": screen["chosen"], "chosen_by": "screened (--harmonize-method auto)", "screen": screen}
+    return dataclasses.replace(s, method=screen["chosen"]), record
+
+
+def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> dict[str, Any]:
+    """Screen the harmonization methods (AUTO), calibrate, check the budget (refused in one line if too small),
+    run every trial, advise.
+
+    Progress: stage "screen" per method (AUTO), then "trials", one step per finished trial; the estimate
+    (the screen's time included) is logged before the first.
     """
     from UHarmonyLib.inference.device import resolve_device
 
@@ -374,6 +397,8 @@ def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> 
             _Fold(seed, k, held, write_fold(file, raw, plan.datasets[0]["name"], set(held), work / f"s{seed}-f{k}"))
             for seed, k, held in splits
         ]
+        s, method = harmonize_method(plan, s, reporter)
+        screen_s = float(method["screen"]["seconds"]) if method["screen"] else 0.0
         reporter.log(f"trials: calibrating ({CALIBRATION_STEPS} steps of the costliest strategy, both)")
         t = time.perf_counter()
         _, cal = _trial(s, data, plan, folds[0], "both", CALIBRATION_STEPS, work / "calibration", device)
@@ -391,10 +416,11 @@ def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> 
             )
         estimate = (spent_s + trials * (fixed_s + steps * step_s)) / 60
         capped = " (--trial-max-steps)" if steps == s.max_steps else ""
+        screened = f", the harmonization screen's {screen_s:.0f} s included" if method["screen"] else ""
         reporter.log(
             f"trials: {trials} trials ({len(STRATEGIES)} strategies x {s.seeds} seeds x {s.folds} folds) of {steps} "
             f"steps{capped} at {step_s:.3g} s/step + {fixed_s:.3g} s each; about {estimate:.1f} of "
-            f"{s.budget_minutes:g} minutes"
+            f"{s.budget_minutes:g} minutes{screened}"
         )
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in STRATEGIES}
         done = 0
@@ -404,7 +430,6 @@ def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> 
                 rows[strategy] += scored
                 done += 1
                 reporter.progress("trials", done, trials)
-    how = "--harmonize-method" if s.method_given else "the default; --harmonize-method picks another"
     labels = {n: f"{LABELS[n]}, {s.method}" for n in ("harmonized", "both")}
     advice = advise(rows, s.margin, labels)
     return {
@@ -412,7 +437,7 @@ def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> 
             n: {"label": LABELS[n], "norm": norm, "harmonize": s.method if h else None}
             for n, (norm, h) in STRATEGIES.items()
         },
-        "harmonize_method": {"method": s.method, "chosen_by": how},
+        "harmonize_method": method,
         "steps": steps,
         "seeds": list(range(s.seeds)),
         "folds": s.folds,
@@ -432,6 +457,7 @@ def run_trials(data: Path, plan: Plan, s: TrialSettings, reporter: Reporter) -> 
             "trials": trials,
             "seconds_per_step": round(step_s, 4),
             "fixed_seconds_per_trial": round(fixed_s, 2),
+            "screen_seconds": round(screen_s, 2),
             "calibration_seconds": round(trial_s, 2),
             "estimated_minutes": round(estimate, 2),
             "min_steps": MIN_STEPS,
