@@ -10,7 +10,12 @@ Each `training` entry is `{"image": [one path per channel the case has], "label"
 "site": name, "channels": [those channels' names], "labels": [label names the site
 annotates]}`. `labels` at the top is the union label space; `label_sets` gives each
 site's own value -> name map, and `merges` says which union labels a coarse label joins,
-so a loss can score a "whole lesion" annotation against core + edema.
+so a loss can score a "whole lesion" annotation against core + edema. `label_values` (a
+value -> name map for every case without labels of its own or of its site) lets several
+file values share a label and a value be background (see plan.py).
+
+Also read, as if they had such a dataset.json: nnU-Net raw datasets, BraTS 2023/2024 folders
+of case folders and MSD Task01_BrainTumour in the project's names (public_layouts.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from UHarmonyLib import __version__
 from UHarmonyLib.data.labels import FULL_LABELS, WHOLE_LABEL
 from UHarmonyLib.data.mr_physics import BRATS_NAMES, PHYSICS_CHANNELS
 from UHarmonyLib.data.physics_case import make_physics_case
+from UHarmonyLib.data.public_layouts import is_msd_brain, read_brats_folder, translate_msd_brain
 from UHarmonyLib.data.spec import GENERATOR, SynthSpec, site_to_json
 from UHarmonyLib.data.synth import CHANNELS, Case, SiteSpec, make_case
 from UHarmonyLib.data.template import MNI_NOTICE, Template, load_template
@@ -51,11 +57,11 @@ class CaseEntry:
     """One training case of a dataset: absolute file paths and what the case holds."""
 
     case: str
-    images: list[Path]  # one per channel, in `channels` order
+    images: list[Path]  # one per channel, in `channels` order; or one 4-D file holding them all
     label: Path
     site: str
     channels: list[str]
-    labels: list[str]  # label names this case's label file uses (values 1, 2, ...)
+    labels: list[str]  # label names this case's label file uses (values 1, 2, ... unless label_values says)
 
 
 # ---------------------------------------------------------------- writing
@@ -166,14 +172,23 @@ def write_dataset(
 
 
 def read_dataset_json(path: Path) -> tuple[Path, dict[str, Any]]:
-    """(the dataset.json path, its contents) for a dataset folder or its dataset.json; one-line errors."""
+    """(the dataset.json path, its contents) for a dataset folder or its dataset.json; one-line errors.
+
+    A folder of BraTS case folders (no dataset.json) is its own "file": (the folder, its cases).
+    """
     path = Path(path)
+    if path.is_dir() and not (path / DATASET_JSON).exists():
+        brats = read_brats_folder(path)
+        if brats is not None:
+            return path, brats
     file = path / DATASET_JSON if path.is_dir() else path
     data = read_json(file, "dataset file")
     if isinstance(data, dict) and "training" not in data and "file_ending" in data:
         data["training"] = _nnunet_training(file, data)
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):
         raise InputError(f'{file}: not a Decathlon dataset file (no "training" list) nor an nnU-Net raw dataset')
+    if is_msd_brain(_names(data.get("labels"))):
+        data = translate_msd_brain(data, _names(data.get("channel_names") or data.get("modality")))
     return file, data
 
 
@@ -202,14 +217,20 @@ def _names(table: Any) -> list[str]:
     return [n for _, n in sorted(pairs)]
 
 
-def _grid(path: Path, where: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """(size, spacing, origin, direction) of a file's first three axes, from its header alone."""
+def _header(path: Path, where: str) -> sitk.ImageFileReader:
+    """A reader holding the file's header (no voxels read)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise InputError(f"{where}: cannot read image {path} ({str(e).strip().splitlines()[-1]})") from e
+    return reader
+
+
+def _grid(path: Path, where: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """(size, spacing, origin, direction) of a file's first three axes, from its header alone."""
+    reader = _header(path, where)
     n = reader.GetDimension()
     direction = np.reshape(reader.GetDirection(), (n, n))[:3, :3]
     return reader.GetSize()[:3], np.array(reader.GetSpacing()[:3]), np.array(reader.GetOrigin()[:3]), direction
@@ -240,14 +261,35 @@ def check_label_grid(image: Path, label: Path, where: str) -> None:
             )
 
 
+def check_volume_count(image: Path, channels: list[str], where: str) -> None:
+    """Refuse a case's only image file whose volumes (4th axis or vector components) are not its channels.
+
+    Checked from the header, so a Task01 image with 3 volumes for 4 named channels is refused
+    before any case is read, not when training reaches it.
+    """
+    reader = _header(image, where)
+    count = reader.GetNumberOfComponents()
+    if count == 1 and reader.GetDimension() == 4:
+        count = reader.GetSize()[3]
+    if count != len(channels):
+        raise InputError(
+            f"{where}: image {image.name} holds {count} volume(s) but the dataset names {len(channels)} "
+            f"channel(s) ({', '.join(channels)})"
+        )
+
+
 def read_dataset(path: Path) -> list[CaseEntry]:
-    """The training cases of a Decathlon-layout dataset, with absolute paths, checked to exist.
+    """The training cases of a dataset (any layout read_dataset_json reads), with absolute paths, checked to exist."""
+    return read_entries(*read_dataset_json(path))
+
+
+def read_entries(file: Path, data: dict[str, Any]) -> list[CaseEntry]:
+    """The training cases of what read_dataset_json returned, with absolute paths, checked to exist.
 
     Entries without our extra keys (plain MSD datasets, one 4-D image per case) get the
     dataset's channel and label names and an empty site.
     """
-    file, data = read_dataset_json(path)
-    root = file.parent
+    root = file if file.is_dir() else file.parent
     channel_names = _names(data.get("channel_names") or data.get("modality"))
     twice = next((c for k, c in enumerate(channel_names) if c in channel_names[:k]), None)
     if twice is not None:
@@ -271,11 +313,14 @@ def read_dataset(path: Path) -> list[CaseEntry]:
         twice = next((str(c) for k, c in enumerate(channels) if c in channels[:k]), None)
         if twice is not None:
             raise InputError(f"{where}: channel '{twice}' is listed twice in channels {channels}")
+        if len(images) == 1 and channels:
+            check_volume_count(paths[0], [str(c) for c in channels], where)
         check_label_grid(paths[0], paths[-1], where)
         label = Path(item["label"]).name
+        named = label[: -len(".nii.gz")] if label.endswith(".nii.gz") else Path(label).stem
         entries.append(
             CaseEntry(
-                case=label[: -len(".nii.gz")] if label.endswith(".nii.gz") else Path(label).stem,
+                case=str(item.get("case") or named),  # BraTS: the case folder, not its -seg file
                 images=paths[:-1],
                 label=paths[-1],
                 site=str(item.get("site", "")),

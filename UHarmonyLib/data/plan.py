@@ -4,8 +4,11 @@ Model channels are the union of the datasets' channel names (first dataset's ord
 then new names); the label space is the union of their `labels` by name. Each case
 gets its label groups: for each value in its label file, the union classes it covers
 (a coarse label covers the classes `merges` lists), with every union class the case
-does not annotate joining its background group. A dataset without sites is one site
-named after the dataset. Everything wrong is refused with one line before training.
+does not annotate joining its background group. Values sharing a name share a group and a
+value named background is background, so a dataset's `label_values` can map a public
+convention onto the model's labels (BraTS's NCR and ET are both lesion core). A dataset
+without sites is one site named after the dataset. Everything wrong is refused with one
+line before training.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from UHarmonyLib.data.datasets import CaseEntry, read_dataset, read_dataset_json
+from UHarmonyLib.data.datasets import CaseEntry, read_dataset_json, read_entries
 from UHarmonyLib.data.labels import KNOWN_COLORS, KNOWN_TERMINOLOGY
 from UHarmonyLib.data.names import SITE_NAME, SITE_NAME_RULE
+from UHarmonyLib.data.public_layouts import folder_sha256
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
 
@@ -135,9 +139,15 @@ def _groups(
     """(label value -> group, groups, label names by group) for one case's value -> name table."""
     covered: list[list[int]] = []
     value_map = {0: 0}
-    group_names = []
+    group_names: list[str] = []
     for value in sorted(v for v in names if v != 0):
         name = names[value]
+        if name == "background":  # a value the model has no class for (BraTS 2024's resection cavity)
+            value_map[value] = 0
+            continue
+        if name in group_names:  # another value of the same label (BraTS's NCR and ET: lesion core)
+            value_map[value] = group_names.index(name) + 1
+            continue
         if name in union:
             members = [union.index(name) + 1]
         elif name in merges:
@@ -216,20 +226,21 @@ def _dataset_record(file: Path, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "path": str(file.resolve()),
         "name": _dataset_name(file, data),
-        "sha256": sha256_file(file),
+        "sha256": sha256_file(file) if file.is_file() else folder_sha256(file, data),
         "mni_template": "MNI ICBM152" in str(data.get("description", "")),
     }
 
 
 def _value_names(data: dict[str, Any], i: int, site_name: str) -> dict[int, str]:
-    """Label value -> name of training case i: its own list, its site's label set, or the dataset's labels."""
+    """Label value -> name of case i: its own list, its site's label set, or the dataset's label_values/labels."""
     own = data["training"][i].get("labels")
     if isinstance(own, list):  # the case's own label names, values 1..n
         return {k + 1: str(n) for k, n in enumerate(own)}
     label_sets = data.get("label_sets")
     if isinstance(label_sets, dict) and site_name in label_sets:
         return {k: v for k, v in _value_table(label_sets[site_name]).items() if k != 0}
-    return {k: v for k, v in _value_table(data.get("labels")).items() if k != 0}  # plain MSD
+    table = data.get("label_values") or data.get("labels")  # plain MSD: its labels
+    return {k: v for k, v in _value_table(table).items() if k != 0}
 
 
 def _plan_dataset(
@@ -322,7 +333,7 @@ def plan_training(
     loaded = []
     for path in paths:
         file, data = read_dataset_json(path)
-        entries = read_dataset(path)
+        entries = read_entries(file, data)
         loaded.append((file, data, entries, spaces.add(file, data)))
     if not spaces.union:
         raise InputError(f"{paths[0]}: the dataset defines no labels besides background")
