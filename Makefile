@@ -33,8 +33,8 @@ test-fast: lint browser
 # ruff, the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib) and the
 # Python 3.9 check (vermin) of what Slicer runs
 lint: $(STAMP)
-	$(BIN)/ruff check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
-	$(BIN)/ruff format --check UHarmonyLib UHarmonySlicer Testing benchmarks scripts
+	$(BIN)/ruff check UHarmonyLib UHarmonySlicer UHarmonyWeb Testing benchmarks scripts
+	$(BIN)/ruff format --check UHarmonyLib UHarmonySlicer UHarmonyWeb Testing benchmarks scripts
 	$(BIN)/mypy
 	# Slicer 5.8's Python is 3.9 (5.10's 3.12): the module and the engine it runs as PythonSlicer -m UHarmonyLib.
 	# `long` is torch's Tensor.long(), not Python 2's builtin.

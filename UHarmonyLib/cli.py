@@ -16,11 +16,24 @@ import threading
 from collections.abc import Callable, Sequence
 
 from UHarmonyLib import __version__
-from UHarmonyLib.commands import add_site, demo, diagnose, evaluate, federated, harmonize, models, segment, synth, train
+from UHarmonyLib.commands import (
+    add_site,
+    demo,
+    diagnose,
+    evaluate,
+    federated,
+    harmonize,
+    models,
+    segment,
+    synth,
+    train,
+    web,
+)
 from UHarmonyLib.errors import UHarmonyError
 from UHarmonyLib.progress import JsonReporter, Reporter, make_reporter
 
-COMMANDS = (segment, models, demo, synth, train, evaluate, add_site, harmonize, diagnose, federated)  # --help order
+# in --help order
+COMMANDS = (segment, models, demo, synth, train, evaluate, add_site, harmonize, diagnose, federated, web)
 RUN: dict[str, Callable[[argparse.Namespace, Reporter], object]] = {
     "segment": segment.run_segment,
     "models": lambda args, _reporter: models.run_models(args),
@@ -32,6 +45,7 @@ RUN: dict[str, Callable[[argparse.Namespace, Reporter], object]] = {
     "harmonize": harmonize.run_harmonize,
     "diagnose": diagnose.run_diagnose,
     "federated": federated.run_federated,
+    "web": lambda args, _reporter: web.run_web(args),
 }
 
 
