@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,14 +20,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from playwright.sync_api import Browser, Page, sync_playwright
+from pydicom.uid import SegmentationStorage
 
 from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME, SAMPLE_DATA
 
@@ -247,7 +251,7 @@ def test_sample_through_segment_gate_edit_add_site_and_export(server, browser, t
     assert "web-clinic" in page_gate(page)
     shoot(page, shots, "07-new-version")
 
-    # 8. export: .seg.nrrd with the card's codes; DICOM SEG says why it cannot be made for NIfTI input
+    # 8. export: .seg.nrrd with the card's codes; DICOM SEG (the card codes every label) over a derived MR series
     with page.expect_download() as download:
         page.click("#export-seg")
     saved = tmp_path / download.value.suggested_filename
@@ -258,9 +262,19 @@ def test_sample_through_segment_gate_edit_add_site_and_export(server, browser, t
         and "SCT^108369006^Neoplasm" in header
         and "Segment0_Name:=lesion core" in header
     )
-    page.click("#export-dicom")
-    page.wait_for_function("document.querySelector('#export-status').textContent.includes('DICOM SEG is unavailable')")
-    assert "NIfTI/NRRD" in page.inner_text("#export-status")
+    assert page.query_selector("#dicom-reason") is None
+    with page.expect_download() as download:
+        page.click("#export-dicom")
+    archive = tmp_path / download.value.suggested_filename
+    download.value.save_as(archive)
+    with zipfile.ZipFile(archive) as files:
+        seg = pydicom.dcmread(io.BytesIO(files.read("SEG/seg.dcm")))
+        derived = [name for name in files.namelist() if name.startswith("MR/")]
+    assert archive.name.endswith(".dicom-seg.zip") and seg.SOPClassUID == SegmentationStorage and len(derived) == 63
+    segments = [(s.SegmentLabel, s.SegmentAlgorithmType) for s in seg.SegmentSequence]
+    assert segments == [("lesion core", "AUTOMATIC"), ("edema", "AUTOMATIC")]  # step 7 replaced the painted result
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "7"
+    assert "DICOM SEG with the derived MR series" in page.inner_text("#export-status")
     shoot(page, shots, "08-exported")
 
     # 9. other ways in: files sent from this browser, then a folder on the server; each opens a fresh case

@@ -34,7 +34,7 @@ from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME, SAMPLE_DAT
 from UHarmonyWeb import addsite_set
 from UHarmonyWeb.addsite_panel import MARGIN, PLOT_HEIGHT, PLOT_WIDTH, loss_points, plot_xy
 from UHarmonyWeb.cases import Case, case_name, channel_volumes, folder_files, load_files, load_sample
-from UHarmonyWeb.export import dicom_seg_unavailable, export_seg_nrrd
+from UHarmonyWeb.export import export_seg_nrrd
 from UHarmonyWeb.gate_panel import gate_rows, gate_state, gate_verdict
 from UHarmonyWeb.probe import segment_at
 from UHarmonyWeb.runner import JobRunner
@@ -177,7 +177,8 @@ def test_add_site_from_a_set_refuses_before_anything_runs(model, tmp_path: Path)
     assert job.temp is None and not (tmp_path / "user").exists()  # made, not started: nothing written yet
 
 
-def test_seg_nrrd_keeps_names_colours_and_codes_and_dicom_seg_says_why_not(app, sample, model, tmp_path) -> None:
+def test_seg_nrrd_keeps_names_colours_and_codes(app, sample, model, tmp_path) -> None:
+    """The card's segment names, colours and codes reach the file (DICOM SEG: Testing/test_web_export.py)."""
     segmentation = corrected(app, sample, model)
     path = export_seg_nrrd(segmentation, tmp_path / "case.seg.nrrd")
     header = path.read_bytes()[:8192].decode("latin-1")
@@ -185,13 +186,6 @@ def test_seg_nrrd_keeps_names_colours_and_codes_and_dicom_seg_says_why_not(app, 
     codes = ["SCT^108369006^Neoplasm", "SCT^79654002^Edema", "Segment0_Color:=0.839216 0.152941 0.156863"]
     for part in names + codes:
         assert part in header, part
-    nifti = dicom_seg_unavailable(False, model)
-    assert nifti.startswith("DICOM SEG is unavailable for this case") and "NIfTI/NRRD" in nifti
-    assert "carries the model card's SNOMED CT codes" in nifti
-    dicom = dicom_seg_unavailable(True, model)
-    assert "not built into the browser edition yet" in dicom and "highdicom" in dicom
-    uncoded = ModelInfo(model.path, {**model.card, "labels": [{"value": 1, "name": "blob", "color": "#ff0000"}]})
-    assert "gives no standard code for blob" in dicom_seg_unavailable(False, uncoded)
 
 
 def test_a_repeated_run_keeps_the_models_segment_names_and_colours(app, sample, model) -> None:

@@ -25,13 +25,13 @@ from trame_slicer.rca_view import register_rca_factories
 from UHarmonySlicerLib.addsite import AddSiteResult, Pair, TrainingCurve
 from UHarmonySlicerLib.errors import EngineError, InputRefused
 from UHarmonySlicerLib.gate_display import show_gate_map
-from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, user_models_dir
+from UHarmonySlicerLib.models import ModelInfo, default_folders, discover, read_model, user_models_dir
 from UHarmonySlicerLib.segment import SegmentResult, segment_job
 
 from UHarmonyWeb import addsite_set
 from UHarmonyWeb.addsite_panel import loss_points, plot_xy
 from UHarmonyWeb.cases import Case, channel_volumes, folder_files, load_files, load_sample
-from UHarmonyWeb.export import dicom_seg_unavailable, export_seg_nrrd
+from UHarmonyWeb.export import dicom_seg_unavailable, export_dicom_seg, export_seg_nrrd, mark_engine_output
 from UHarmonyWeb.gate_panel import gate_state
 from UHarmonyWeb.page import Actions, Page
 from UHarmonyWeb.probe import Probe
@@ -120,6 +120,8 @@ class UHarmonyWebApp(TrameApp):
                 "uh_loss_xy": [],
                 "uh_addsite_status": "",
                 "uh_export_name": "segmentation.seg.nrrd",
+                "uh_dicom_name": "segmentation.dicom-seg.zip",
+                "uh_dicom_reason": "",
                 "uh_export_status": "",
                 **gate_state(None, False),
             }
@@ -137,6 +139,14 @@ class UHarmonyWebApp(TrameApp):
 
     def current_model(self) -> ModelInfo | None:
         return next((m for m in self.models if str(m.path) == self.state.uh_model), None)
+
+    def segmentation_model(self) -> ModelInfo | None:
+        """The model that made the open segmentation (its card codes the segments), else the selected one."""
+        segmentation = self.segmentation()
+        path = segmentation.GetAttribute("UHarmony.modelPath") if segmentation is not None else None
+        if not path:
+            return self.current_model()
+        return next((m for m in self.models if str(m.path) == path), None) or read_model(Path(path))
 
     def _required_model(self) -> ModelInfo:
         model = self.current_model()
@@ -159,6 +169,7 @@ class UHarmonyWebApp(TrameApp):
         self.runner.update([usable and self.case is not None, usable and count > 0])
         has_segmentation = self.segmentation() is not None
         self.state.uh_has_segmentation = has_segmentation
+        self.state.uh_dicom_reason = dicom_seg_unavailable(self.segmentation_model()) if has_segmentation else ""
         self.state.uh_can_save = has_segmentation and bool(site) and not self.runner.running
         self.state.uh_set_cases = count
         if not site:
@@ -262,6 +273,9 @@ class UHarmonyWebApp(TrameApp):
         """Show the result: segments in the views and the editor, the gate, the volumes; keep the engine's record."""
         assert self.case is not None
         self.result = result
+        model = self.segmentation_model()
+        if model is not None:  # what the engine made, to tell an edited segmentation at export
+            mark_engine_output(self.slicer.scene, result.segmentation, model)
         editor = self.slicer.segmentation_editor
         editor.set_active_segmentation(result.segmentation, self.case.reference)
         editor.set_surface_representation_enabled(True)  # every new result is shown in 3D too
@@ -283,6 +297,7 @@ class UHarmonyWebApp(TrameApp):
                 ],
                 "uh_run_folder": str(run),
                 "uh_export_name": f"{slug(self.case.name)}.seg.nrrd",
+                "uh_dicom_name": f"{slug(self.case.name)}.dicom-seg.zip",
                 **gate_state(result.gate, result.gate_map is not None),
             }
         )
@@ -393,8 +408,21 @@ class UHarmonyWebApp(TrameApp):
         self.state.flush()
         return self.server.protocol.addAttachment(path.read_bytes())
 
-    def export_dicom(self) -> None:
-        self.state.uh_export_status = dicom_seg_unavailable(bool(self.case and self.case.dicom), self.current_model())
+    @reported
+    def export_dicom(self) -> Any:
+        """Write the DICOM SEG (and the derived series a NIfTI/NRRD case needs) as a zip and send it to the browser."""
+        segmentation, case, model = self.segmentation(), self.case, self.segmentation_model()
+        if segmentation is None or case is None:
+            raise InputRefused("Segment a case before exporting it.")
+        if model is None or dicom_seg_unavailable(model):
+            raise InputRefused(dicom_seg_unavailable(model))
+        folder = self.workspace.new_folder(self.workspace.exports, case.name)
+        name = folder / str(self.state.uh_dicom_name)
+        path = export_dicom_seg(self.slicer.scene, segmentation, model, name, case.name, case.files)
+        what = "DICOM SEG" if case.files else "DICOM SEG with the derived MR series it references"
+        self.state.uh_export_status = f"Saved {path} ({what}) on the server and sent it to this browser."
+        self.state.flush()
+        return self.server.protocol.addAttachment(path.read_bytes())
 
 
 def serve(host: str, port: int, model_folders: Sequence[Path], work: Path, device: str = "auto") -> None:

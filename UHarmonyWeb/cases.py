@@ -8,7 +8,7 @@ desktop module's cohort runs decide it, so one case can go through models with o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -23,11 +23,15 @@ from UHarmonySlicerLib.sample_data import CASE_NAME, bundled_sample
 
 @dataclass
 class Case:
-    """One open case: its image volumes in load order, and whether they came from DICOM files."""
+    """One open case: its image volumes in load order, and whether they came from DICOM files (then which).
+
+    The DICOM files are kept so a DICOM SEG export can reference the very images it segments.
+    """
 
     name: str
     volumes: list[slicer.vtkMRMLScalarVolumeNode]
     dicom: bool = False
+    files: list[Path] = field(default_factory=list)
 
     @property
     def reference(self) -> slicer.vtkMRMLScalarVolumeNode:
@@ -48,7 +52,8 @@ def load_files(app: SlicerApp, paths: Sequence[Path], name: str = "") -> Case:
     if not dicom:  # one file per volume: name each after its file, as the channel matching expects
         for node, path in zip(volumes, paths):
             node.SetName(image_stem(Path(path)) or Path(path).name)
-    return Case(name or case_name([v.GetName() for v in volumes]), volumes, dicom)
+    dicom_files = [Path(f) for f in files] if dicom else []
+    return Case(name or case_name([v.GetName() for v in volumes]), volumes, dicom, dicom_files)
 
 
 def load_sample(app: SlicerApp) -> Case:

@@ -51,7 +51,7 @@ class Actions:
     save_case: Callable[[], Any]
     add_site: Callable[[], Any]
     export_seg: Callable[[], Any]  # returns the file as a download attachment
-    export_dicom: Callable[[], Any]
+    export_dicom: Callable[[], Any]  # returns the DICOM SEG zip as a download attachment
 
 
 class Page:
@@ -233,13 +233,18 @@ class Page:
             variant="tonal",
             classes="mb-1",
         )
+        dicom = (  # nothing to save when the export was refused (its reason shows as the panel's error)
+            f"trigger('{self.server.controller.trigger_name(actions.export_dicom)}')"
+            ".then(zip => zip && utils.download(uh_dicom_name, zip, 'application/zip'))"
+        )
         VBtn(
-            "DICOM SEG",
+            "Download DICOM SEG (.zip)",
             id="export-dicom",
-            click=actions.export_dicom,
-            disabled=("!uh_has_segmentation",),
+            click=dicom,
+            disabled=("!uh_has_segmentation || !!uh_dicom_reason",),
             block=True,
             variant="tonal",
             classes="mb-1",
         )
+        html.Div("{{ uh_dicom_reason }}", id="dicom-reason", v_if=("uh_dicom_reason",), classes="text-caption mb-1")
         html.Div("{{ uh_export_status }}", id="export-status", classes="text-body-2")
