@@ -134,6 +134,7 @@ class Replicate:
             spacing=(s.spacing,) * 3,
             val_fraction=s.val_fraction,  # the federation's split: the same training cases
             seed=self.seed,
+            resume=True,  # continues a killed run's checkpoint, else starts fresh
         )
 
     def trainings(self) -> list[TrainConfig]:
