@@ -64,6 +64,9 @@ def _full_config(tmp_path: Path) -> TrainConfig:
         site_weights={"hospital-a": 2.0, "hospital-b": 0.5},
         resume=True,
         harmonize="zscore",
+        data_mode="stream",
+        workers=2,
+        cache_cases=3,
     )
 
 
@@ -94,6 +97,7 @@ def test_the_recorded_command_reruns_the_same_training(tmp_path: Path) -> None:
     config = replace(_full_config(tmp_path), steps=None)
     words = shlex.split(config.command_line(steps=1000))
     assert words[:2] == ["uharmony", "train"] and "--resume" not in words and "--device" not in words
+    assert not {"--data-mode", "--workers", "--cache-cases"} & set(words)  # how batches are made is not recorded
     assert str(tmp_path) not in shlex.join(words)
     named = replace(config, steps=1000, data=[Path(shareable_path(d)) for d in config.data], out=Path(config.out.name))
     assert _parse_train(words[2:]).training_fields() == named.training_fields()

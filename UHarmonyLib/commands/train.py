@@ -48,15 +48,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     """Train (or, with --resume, continue the run recorded in --out's checkpoints), then (for people) print one
-    summary line; JSON mode has the result event instead."""
+    summary line; JSON mode has the result event instead. Under torchrun, rank 0 alone prints."""
     from UHarmonyLib.training import train_run
+    from UHarmonyLib.training.distributed import World
     from UHarmonyLib.training.loop import resume_config
 
     config = config_from_args(args)
     if config.resume:
         config = resume_config(config, given_options(args))
     payload = train_run(config, reporter)
-    if not isinstance(reporter, JsonReporter):
+    if not isinstance(reporter, JsonReporter) and World.from_env().main:
         metrics = payload["metrics"]
         dice = metrics.get("mean_dice_whole_lesion")
         best = f"; best mean whole-lesion Dice {dice} at step {metrics['selected_step']}" if dice is not None else ""

@@ -6,6 +6,8 @@ the engine's gate pass uses, so a case at inference is measured the way the bank
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from UHarmonyLib.inference.windows import pad_to_roi, window_slices
@@ -29,9 +31,9 @@ def window_vectors(
 
 
 def build_bank(
-    gate: DomainGate, images: list[torch.Tensor], sites: list[int], roi: tuple[int, ...], overlap: float
+    gate: DomainGate, images: Iterable[torch.Tensor], sites: list[int], roi: tuple[int, ...], overlap: float
 ) -> SignatureBank:
-    """A bank from model-space case images (one per case) and their site indices."""
+    """A bank from model-space case images (one per case, read one at a time) and their site indices."""
     parts = [window_vectors(gate, img, roi, overlap) for img in images]
     return SignatureBank(
         torch.cat([v for v, _ in parts]),

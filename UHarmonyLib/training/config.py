@@ -33,9 +33,15 @@ from UHarmonyLib.options import (
 )
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
-RUNTIME_FIELDS = ("resume", "device", "command", "log_every", "checkpoint_every")
-RECORDED_RUNTIME = ("device", "log_every", "checkpoint_every")  # kept in checkpoints as the resume's defaults
+# how the batches are made (data_mode, workers, cache_cases) never changes them: see case_stream.py, batch_stream.py
+RUNTIME_FIELDS = (
+    "resume", "device", "command", "log_every", "checkpoint_every", "data_mode", "workers", "cache_cases"
+)  # fmt: skip
+RECORDED_RUNTIME = (  # kept in checkpoints as the resume's defaults
+    "device", "log_every", "checkpoint_every", "data_mode", "workers", "cache_cases"
+)  # fmt: skip
 DEFAULT_STEPS = 1000
+DATA_MODES = ("memory", "stream")
 
 
 def site_weight_words(weights: Mapping[str, float]) -> list[str]:
@@ -149,6 +155,20 @@ class TrainConfig:
             "--harmonize", metavar="METHOD", help="harmonize first: n4, zscore, percentile, nyul, match, whitestripe"
         ),
     )
+    data_mode: str = option(
+        "memory",
+        Option(
+            "--data-mode",
+            choices=DATA_MODES,
+            help="memory: read every case before training (default); stream: read cases as patches need them",
+        ),
+    )
+    workers: int = option(
+        0, Option("--workers", type=int, metavar="N", help="processes making the batches (0: the training process)")
+    )
+    cache_cases: int = option(
+        8, Option("--cache-cases", type=int, metavar="N", help="stream: cases kept in memory, most drawn first (8)")
+    )
     command: str = ""  # recorded in the card; default: an equivalent `uharmony train` line
 
     def __post_init__(self) -> None:
@@ -238,6 +258,10 @@ class TrainConfig:
             raise InputError(f"--site-weight {bad}: the weight must be a positive number")
         if self.harmonize is not None and self.harmonize not in METHODS:
             raise InputError(f"--harmonize {self.harmonize}: unknown method (use {', '.join(METHODS)})")
+        if self.data_mode not in DATA_MODES:
+            raise InputError(f"--data-mode {self.data_mode}: unknown (use {' or '.join(DATA_MODES)})")
+        if self.workers < 0 or self.cache_cases < 0:
+            raise InputError("--workers and --cache-cases must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

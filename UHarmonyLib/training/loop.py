@@ -5,6 +5,10 @@ label groups) + `gate_weight` x cross-entropy of the domain gate against the tru
 The harmony layers and gated heads get one-hot weights of the true site (the instance
 baseline has neither, so it ignores them). The best validated weights (mean whole-lesion
 Dice over sites) become the bundle; without held-out cases the last weights do.
+
+Where the cases live (`--data-mode`, case_stream.py), who cuts the patches (`--workers`,
+batch_stream.py) and how many processes share each batch (torchrun, distributed.py) never
+change the batches, the losses or the weights beyond float rounding.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 
 from UHarmonyLib.data.cases import LoadedCase, load_case, model_spacing
 from UHarmonyLib.data.harmonization_fit import fit_on_cases
-from UHarmonyLib.data.plan import Plan, plan_training
+from UHarmonyLib.data.plan import Plan, PlannedCase, plan_training
 from UHarmonyLib.data.template import MNI_NOTICE
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.evaluation.validation import evaluate
@@ -38,6 +42,15 @@ from UHarmonyLib.model.weights import make_card, save_bundle, unique_state
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
 from UHarmonyLib.progress import Reporter, SilentReporter
+from UHarmonyLib.training.batch_stream import training_batches
+from UHarmonyLib.training.case_stream import (
+    CaseReader,
+    Lazy,
+    checked_spacings,
+    draw_weights,
+    scan_cases,
+    streamed_cases,
+)
 from UHarmonyLib.training.checkpoint import (
     Checkpoint,
     checkpoints,
@@ -47,8 +60,9 @@ from UHarmonyLib.training.checkpoint import (
     save_checkpoint,
 )
 from UHarmonyLib.training.config import TrainConfig
+from UHarmonyLib.training.distributed import World
 from UHarmonyLib.training.losses import MarginalDiceCELoss
-from UHarmonyLib.training.patches import prepare_case
+from UHarmonyLib.training.patches import PreparedCase, prepare_case
 from UHarmonyLib.training.sampling import Batch, PatchSampler
 from UHarmonyLib.training.site_sharing import fold_site_rows, share_site_rows
 
@@ -71,15 +85,13 @@ def _check_paths(config: TrainConfig) -> None:
         )
 
 
-def _load(plan: Plan, config: TrainConfig) -> tuple[dict[int, LoadedCase], dict[str, Any]]:
-    """Read every case once; choose the model spacing (given, or the cases' median)."""
-    loaded = {i: load_case(case, len(plan.channels)) for i, case in enumerate(plan.cases)}
+def _preprocessing(config: TrainConfig, spacings: Sequence[tuple[float, float, float]]) -> dict[str, Any]:
+    """The model grid: the given spacing, or the cases' median one."""
     if config.spacing is not None:
         spacing = [float(s) for s in config.spacing]
     else:
-        spacings = np.array([model_spacing(c.images, "RAS") for c in loaded.values()])
-        spacing = [round(float(s), 4) for s in np.median(spacings, axis=0)]
-    return loaded, {"orientation": "RAS", "spacing": spacing, "intensity": dict(INTENSITY)}
+        spacing = [round(float(s), 4) for s in np.median(np.array(spacings), axis=0)]
+    return {"orientation": "RAS", "spacing": spacing, "intensity": dict(INTENSITY)}
 
 
 def _network(config: TrainConfig, plan: Plan) -> UHarmonyNet:
@@ -157,50 +169,75 @@ def _load_state(net: UHarmonyNet, state: dict[str, torch.Tensor], where: Path) -
 class Trainer:
     """One training process (fresh or resumed): the network, its optimizer and the run's progress."""
 
-    def __init__(self, config: TrainConfig, reporter: Reporter) -> None:
+    def __init__(self, config: TrainConfig, reporter: Reporter, world: World, device: torch.device) -> None:
         self.config = config
         self.reporter = reporter
+        self.world = world
         self.plan = plan_training(config.data, config.val_fraction, config.seed)
         names = [s.name for s in self.plan.sites]
         unknown = next((k for k in config.site_weights if k not in names), None)
         if unknown is not None:
             raise InputError(f"--site-weight {unknown}: no such site in the data (sites: {', '.join(names)})")
-        self.device = resolve_device(config.device)
+        self.device = device
         self.dtype = resolve_precision(config.precision, self.device, config.backbone)
         self.precision = str(self.dtype).replace("torch.", "")
         train_ids, val_ids = self.plan.train_cases(), self.plan.val_cases()
         self.total = config.total_steps(len(train_ids))
         self.val_every = config.val_every or math.ceil(self.total / 5)
         t = time.perf_counter()
-        loaded, self.preprocessing = _load(self.plan, config)  # silent: a bad file is still a one-line error
+        stream = config.data_mode == "stream"
+        if stream:  # every case read once (shared among ranks), then dropped
+            mine = list(range(len(self.plan.cases)))[world.rank :: world.size]
+            found = world.gather_objects(scan_cases(self.plan, mine, config.workers))
+            spacings = checked_spacings({i: r for part in found for i, r in part.items()})
+            read: Callable[[int], LoadedCase] = CaseReader(self.plan)
+        else:  # every case read once and kept (silent: a bad file is still a one-line error)
+            loaded = {i: load_case(case, len(self.plan.channels)) for i, case in enumerate(self.plan.cases)}
+            spacings = [model_spacing(c.images, "RAS") for c in loaded.values()]
+            read = loaded.__getitem__
+        self.preprocessing = _preprocessing(config, spacings)
         reporter.log(
             f"{len(self.plan.sites)} site(s) ({', '.join(s.name for s in self.plan.sites)}), "
             f"channels {', '.join(self.plan.channels)}, labels {', '.join(self.plan.label_names)}; "
             f"{len(train_ids)} training and {len(val_ids)} validation cases, read in {time.perf_counter() - t:.1f} s"
         )
         if config.harmonize is not None:
-            t = time.perf_counter()
-            self.preprocessing["harmonize"] = fit_on_cases(config.harmonize, self.plan, train_ids, loaded.__getitem__)
+            t, method = time.perf_counter(), config.harmonize
+            self.preprocessing["harmonize"] = world.from_main(lambda: fit_on_cases(method, self.plan, train_ids, read))
             reporter.log(
                 f"{config.harmonize} harmonization fitted on the training cases in {time.perf_counter() - t:.1f} s"
             )
-        prepared = [
-            prepare_case(loaded[i], self.preprocessing, config.patch, self.plan.channels, self.plan.cases[i].entry.case)
-            for i in train_ids
-        ]
-        self.val_cases = [(self.plan.cases[i], loaded[i]) for i in val_ids]
+        sites = [self.plan.cases[i].site for i in train_ids]
+        site_weights = [config.site_weights.get(n, 1.0) for n in names]
+        prepared: Sequence[PreparedCase]
+        self.val_cases: Sequence[tuple[PlannedCase, LoadedCase]]
+        if stream:
+            weights = draw_weights(sites, site_weights)
+            prepared = streamed_cases(
+                self.plan, train_ids, weights, self.preprocessing, config.patch, config.cache_cases, config.workers
+            )
+            self.val_cases = Lazy(len(val_ids), lambda k: (self.plan.cases[val_ids[k]], read(val_ids[k])))
+        else:
+            channels = self.plan.channels
+            prepared = [
+                prepare_case(read(i), self.preprocessing, config.patch, channels, self.plan.cases[i].entry.case)
+                for i in train_ids
+            ]
+            self.val_cases = [(self.plan.cases[i], read(i)) for i in val_ids]
         self.sampler = PatchSampler(
             prepared,
             groups=[self.plan.cases[i].groups for i in train_ids],
-            sites=[self.plan.cases[i].site for i in train_ids],
+            sites=sites,
             num_sites=len(self.plan.sites),
             patch=config.patch,
             batch_size=config.batch_size,
             seed=config.seed,
             channel_dropout=config.channel_dropout,
-            site_weights=[config.site_weights.get(n, 1.0) for n in names],
+            site_weights=site_weights,
+            present=[sorted(self.plan.cases[i].channels) for i in train_ids],
         )
         self.net = _network(config, self.plan).to(self.device)
+        self.model: torch.nn.Module = self.net  # what the steps call: DDP around the network when distributed
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=self.total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -219,21 +256,26 @@ class Trainer:
     # ------------------------------------------------------------ start
 
     def start(self) -> None:
-        """Continue from the newest checkpoint when resuming, else fit the gate's scaler once."""
+        """Continue from the newest checkpoint when resuming, else fit the gate's scaler once (rank 0: DDP sends it)."""
         work = self.config.work_dir
         ckpt = load_checkpoint(work) if self.config.resume else None
-        if work.is_dir():
+        if work.is_dir() and self.world.main:
             remove_stale(work)
         if ckpt is not None:
             self.restore(ckpt)
-            self.reporter.log(f"resumed from step {ckpt.step} of {self.total} ({ckpt.path})")
-            return
-        if self.config.resume:
-            self.reporter.log(f"no checkpoint in {work}; starting from step 0")
-        patches = self.sampler.scaler_patches(self.config.scaler_patches)
-        with torch.no_grad():
-            feats = torch.cat([self.net.gate.features(p.to(self.device)) for p in patches])
-        self.net.gate.fit_scaler(feats)
+            was = int(ckpt.meta.get("world_size", 1))
+            size = f"; it ran in {was} processes, now {self.world.size}" if was != self.world.size else ""
+            self.reporter.log(f"resumed from step {ckpt.step} of {self.total} ({ckpt.path}){size}")
+        else:
+            if self.config.resume:
+                self.reporter.log(f"no checkpoint in {work}; starting from step 0")
+            if self.world.main:
+                patches = self.sampler.scaler_patches(self.config.scaler_patches)
+                with torch.no_grad():
+                    feats = torch.cat([self.net.gate.features(p.to(self.device)) for p in patches])
+                self.net.gate.fit_scaler(feats)
+        if self.world.active:
+            self.model = self.world.wrap(self.net)
 
     def restore(self, ckpt: Checkpoint) -> None:
         stored = ckpt.meta.get("config", {})
@@ -265,20 +307,26 @@ class Trainer:
 
     # ------------------------------------------------------------ steps
 
-    def train_step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step; returns (segmentation loss, gate loss, learning rate used)."""
-        batch = self.sampler.batch(step)
+    def train_step(self, step: int, batch: Batch) -> tuple[float, float, float]:
+        """One optimizer step on `batch` (this rank's share of the step's batch); returns (segmentation loss,
+        gate loss, learning rate used), of the whole batch."""
         x = batch.image.to(self.device)
         batch.target = batch.target.to(self.device)
         sites = batch.sites.to(self.device)
         weights = F.one_hot(sites, len(self.plan.sites)).float()
         with autocast(self.device, self.dtype):
-            logits, gate_logits = self.net(x, weights)
+            logits, gate_logits = self.model(x, weights)
+        if self.world.active:  # the whole batch's loss on every rank, this rank's slice in the graph
+            draws = self.sampler.draws(step)
+            sites = torch.as_tensor([self.sampler.case_sites[d.case] for d in draws], device=self.device)
+            logits, gate_logits = self.world.gather_live(logits), self.world.gather_live(gate_logits)
+            target = self.world.gather_live(batch.target)
+            batch = Batch(x, target, sites, [self.sampler.groups[d.case] for d in draws])
         seg = segmentation_loss(self.loss_fn, logits.float(), batch)
         gate = F.cross_entropy(gate_logits.float(), sites)
         loss = seg + self.config.gate_weight * gate
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.world.size).backward()  # DDP averages over ranks (distributed.py)
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -312,14 +360,20 @@ class Trainer:
             "pending_losses": self.pending,
             "seconds": self.seconds,
             "resumed_from": self.resumed_from,
+            "world_size": self.world.size,
         }
         save_checkpoint(self.config.work_dir, step, self.net, self.optimizer, meta, self.best_state)
         self.saved_step = step
 
     def _on_interrupt(self, signum: int, _frame: Any) -> None:
-        """First Ctrl-C (or SIGTERM): stop after the current step with a checkpoint; a second one stops at once."""
+        """First Ctrl-C (or SIGTERM): stop after the current step with a checkpoint; a second one stops at once.
+
+        Under torchrun a signal comes twice (from the terminal or scheduler, then forwarded by torchrun), so
+        only the first counts; torchrun kills a process that has not stopped after its grace period.
+        """
         self.stop_requested = True
-        signal.signal(signum, signal.default_int_handler)
+        if not self.world.active:
+            signal.signal(signum, signal.default_int_handler)
 
     def run(self) -> None:
         """Steps from the current one to the end, logging, validating and checkpointing on schedule.
@@ -334,10 +388,12 @@ class Trainer:
         main = threading.current_thread() is threading.main_thread()
         caught = [s for s in (signal.SIGINT, signal.SIGTERM) if main and callable(signal.getsignal(s))]
         previous = {s: signal.signal(s, self._on_interrupt) for s in caught}
+        steps = range(self.step + 1, self.total + 1)
+        batches = training_batches(self.sampler, steps, self.world.share(cfg.batch_size), cfg.workers, cfg.seed)
         try:
-            for step in range(self.step + 1, self.total + 1):
+            for step in steps:
                 t = time.perf_counter()
-                self.pending.append(list(self.train_step(step)))
+                self.pending.append(list(self.train_step(step, next(batches))))
                 elapsed = time.perf_counter() - t
                 self.seconds += elapsed
                 self.step_seconds.append(elapsed)
@@ -345,16 +401,21 @@ class Trainer:
                 self.reporter.progress("train", step, self.total)
                 if step % cfg.log_every == 0 or step == self.total:
                     self.log_losses(step)
-                if self.val_cases and (step % self.val_every == 0 or step == self.total):
+                # read once (a signal during the rest of the step counts at the next); ranks agree on it
+                stop = self.world.any(self.stop_requested) if self.world.active else self.stop_requested
+                if self.val_cases and self.world.main and (step % self.val_every == 0 or step == self.total):
                     self.validate(step)
-                if step < self.total and (step % cfg.checkpoint_every == 0 or self.stop_requested):
+                if (step % cfg.checkpoint_every == 0 or stop) and step < self.total and self.world.main:
                     self.checkpoint(step)
-                if self.stop_requested and step < self.total:
+                if stop and step < self.total:
+                    if self.world.active:
+                        self.world.barrier()  # rank 0's checkpoint is written before any rank exits
                     raise KeyboardInterrupt(
                         f"interrupted at step {step} of {self.total}; saved a checkpoint in {cfg.work_dir}: "
                         "continue with --resume"
                     )
         finally:
+            batches.close()  # stops the DataLoader's workers
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -374,10 +435,9 @@ class Trainer:
 
     def gate_bank(self) -> SignatureBank:
         """Signatures of every training case's inference windows, by site (the gate's memory)."""
-        cases = self.sampler.cases
         return build_bank(
             self.net.gate,
-            [c.image for c in cases],
+            (c.image for c in self.sampler.cases),  # one at a time: streamed cases are read as they come
             self.sampler.case_sites,
             self.config.patch,
             float(DEFAULT_INFERENCE["overlap"]),
@@ -456,18 +516,30 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> Path:
 
 
 def train_run(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """`train`, returning the result payload (bundle, steps, seconds per step, metrics, ...)."""
-    reporter = reporter or SilentReporter()
+    """`train`, returning the result payload (bundle, steps, seconds per step, metrics, ...).
+
+    Under torchrun every process calls this; rank 0 reports and writes, and every rank returns its payload.
+    """
+    world = World.from_env()
+    reporter = reporter if reporter is not None and world.main else SilentReporter()
     started = time.perf_counter()
     config.check()
     _check_paths(config)
-    trainer = Trainer(config, reporter)
-    trainer.start()
-    reporter.log(
-        f"{trainer.total} steps of batch {config.batch_size}, patch {'x'.join(map(str, config.patch))}, spacing "
-        f"{'x'.join(f'{s:g}' for s in trainer.preprocessing['spacing'])} mm; {trainer.device} {trainer.precision}"
-    )
-    trainer.run()
-    payload = trainer.finish(started)
+    device = resolve_device(config.device)
+    try:
+        if world.active:
+            device = world.join(device, config.batch_size)
+        trainer = Trainer(config, reporter, world, device)
+        trainer.start()
+        processes = f", {world.size} processes" if world.active else ""
+        reporter.log(
+            f"{trainer.total} steps of batch {config.batch_size}, patch {'x'.join(map(str, config.patch))}, spacing "
+            f"{'x'.join(f'{s:g}' for s in trainer.preprocessing['spacing'])} mm; {trainer.device} {trainer.precision}"
+            f"{processes}"
+        )
+        trainer.run()
+        payload = world.from_main(lambda: trainer.finish(started))
+    finally:
+        world.leave()
     reporter.result(payload)
     return payload

@@ -8,6 +8,11 @@ lesion; light augmentation (flips, a mild foreground-only intensity scale and sh
 so absent channels stay exactly zero and a site's appearance survives), then channel
 dropout. Every random draw of a step is seeded from (seed, step): a resumed run sees
 exactly the batches the uninterrupted one would have, with no RNG state to carry.
+
+A step's draws (which cases, the crop and augmentation seeds, the dropped channels) need
+only the cases' sites and present channels, so they are made apart from the patches: a
+DataLoader worker or a distributed rank makes any share of any step's batch from the
+same draws, and a streamed case is read only when its patch is cut.
 """
 
 from __future__ import annotations
@@ -64,6 +69,16 @@ class Batch:
     groups: list[list[list[int]]]  # per sample
 
 
+@dataclass(frozen=True)
+class Draw:
+    """The random choices of one patch: its case, crop and augmentation seeds, channels zeroed."""
+
+    case: int
+    crop_seed: int
+    augment_seed: int | None  # None: no augmentation (the gate scaler's patches)
+    drop: tuple[int, ...]
+
+
 def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
@@ -82,8 +97,11 @@ class PatchSampler:
         seed: int,
         channel_dropout: float = 0.1,
         site_weights: Sequence[float] | None = None,
+        present: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """`present`: each case's present channels, needed when `cases` reads cases lazily (default: theirs)."""
         self.cases = cases
+        self.present = [list(c.present) for c in cases] if present is None else [list(p) for p in present]
         self.groups = groups
         self.case_sites = list(sites)
         self.by_site = [[i for i, s in enumerate(sites) if s == k] for k in range(num_sites)]
@@ -115,37 +133,56 @@ class PatchSampler:
     def _rng(self, step: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, stream, step]))
 
-    def sample(self, case_index: int, rng: np.random.Generator, augment: bool = True) -> tuple[torch.Tensor, ...]:
-        """One (image, label) patch of a case."""
-        case = self.cases[case_index]
-        self.crop.set_random_state(seed=int(rng.integers(2**31)))
+    def draw(self, case_index: int, rng: np.random.Generator, augment: bool = True) -> Draw:
+        """The random choices of one patch of a case, taken from `rng` (the order fixes the stream)."""
+        crop_seed = int(rng.integers(2**31))
+        augment_seed = int(rng.integers(2**31)) if augment else None
+        present = self.present[case_index]
+        drop: list[int] = []
+        if augment and self.channel_dropout > 0 and len(present) > 1:
+            drop = [c for c in present if rng.random() < self.channel_dropout]
+            if len(drop) == len(present):
+                drop.pop(int(rng.integers(len(drop))))  # never all channels
+        return Draw(case_index, crop_seed, augment_seed, tuple(drop))
+
+    def patch(self, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (image, label) patch a draw describes."""
+        case = self.cases[draw.case]
+        self.crop.set_random_state(seed=draw.crop_seed)
         # MONAI annotates tensors only; its index keys take the arrays PreparedCase holds
         data: dict[Hashable, Any] = {"image": case.image, "label": case.target, "fg": case.fg, "bg": case.bg}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a case without lesion voxels: MONAI warns, then samples background
             patch = self.crop(data)[0]
-        if augment:
-            self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        if draw.augment_seed is not None:
+            self.augment.set_random_state(seed=draw.augment_seed)
             patch = self.augment(patch)
         image, label = _plain(patch["image"]).clone(), _plain(patch["label"])
-        if augment and self.channel_dropout > 0 and len(case.present) > 1:
-            drop = [c for c in case.present if rng.random() < self.channel_dropout]
-            if len(drop) == len(case.present):
-                drop.pop(int(rng.integers(len(drop))))  # never all channels
-            image[drop] = 0
+        if draw.drop:
+            image[list(draw.drop)] = 0
         return image, label
 
-    def batch(self, step: int) -> Batch:
+    def sample(self, case_index: int, rng: np.random.Generator, augment: bool = True) -> tuple[torch.Tensor, ...]:
+        """One (image, label) patch of a case."""
+        return self.patch(self.draw(case_index, rng, augment))
+
+    def draws(self, step: int) -> list[Draw]:
+        """Every patch's draws of a step's batch (no case is read)."""
         rng = self._rng(step, 0)
         replace = self.batch_size > len(self.sites)
         sites = rng.choice(self.sites, size=self.batch_size, replace=replace, p=self.site_p)
         picks = [int(rng.choice(self.by_site[int(s)])) for s in sites]
-        pairs = [self.sample(i, rng) for i in picks]
+        return [self.draw(i, rng) for i in picks]
+
+    def batch(self, step: int, share: slice = slice(None)) -> Batch:
+        """A step's batch, or the `share` of it (a slice of its patches) one distributed rank trains on."""
+        draws = self.draws(step)[share]
+        pairs = [self.patch(d) for d in draws]
         return Batch(
             image=torch.stack([p[0] for p in pairs]).float(),
             target=torch.stack([p[1] for p in pairs]).long(),
-            sites=torch.as_tensor([self.case_sites[i] for i in picks], dtype=torch.long),
-            groups=[self.groups[i] for i in picks],
+            sites=torch.as_tensor([self.case_sites[d.case] for d in draws], dtype=torch.long),
+            groups=[self.groups[d.case] for d in draws],
         )
 
     def scaler_patches(self, count: int, chunk: int = 8) -> Iterator[torch.Tensor]:
