@@ -176,3 +176,17 @@ def test_fused_shared_path_equals_per_sample_path(layout: str, shape: tuple[int,
         layer.site_weights = other
         per_sample.append(layer(x)[b])
     torch.testing.assert_close(shared, torch.stack(per_sample), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("layout", "shape"), LAYOUT_SHAPES)
+def test_each_sample_trains_its_own_sites_row_when_the_rows_are_equal(layout: str, shape: tuple[int, ...]) -> None:
+    """At initialization every site's row holds the same values; a batch of two sites must still send each sample's
+    gradient to its own site's row (the fused kernel is for weights the batch shares, not for equal-valued rows)."""
+    layer = HarmonyNorm(C, S, degree=1, layout=layout)  # type: ignore[arg-type]
+    x = _input(layout, shape)
+    sites = torch.arange(shape[0]) % S
+    layer.site_weights = F.one_hot(sites, S).float()
+    (layer(x) * torch.randn_like(x)).sum().backward()
+    assert layer.coef.grad is not None
+    for s in range(S):
+        assert (layer.coef.grad[s].abs().sum() > 0) == bool((sites == s).any()), s

@@ -67,10 +67,13 @@ class HarmonyNorm(SiteConditioned):
         """Stage 1 and the degree-1 part of stage 2 in one fused normalization kernel.
 
         All samples share one affine map at inference (one case-level weight vector), so the
-        framework's own affine normalization applies; per-sample maps in a conv layer use the
-        instance-norm identity that (B, C) instances are (1, B*C) instances.
+        framework's own affine normalization applies (decided by the weights: rows that merely
+        hold equal values, as every site's does at initialization, still need each sample's
+        gradient); per-sample maps in a conv layer use the instance-norm identity that (B, C)
+        instances are (1, B*C) instances.
         """
-        shared = bool((scale == scale[:1]).all() and (shift == shift[:1]).all())
+        w = self.site_weights  # shared weights, not equal-valued rows: those would train only the first sample's row
+        shared = w is None or bool((w == w[:1]).all())
         if self.layout == "channels_last":
             if shared:
                 return F.layer_norm(x, (self.num_features,), scale[0], shift[0], self.eps)
