@@ -17,8 +17,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import PERMUTED_FLIPPED, assert_one_line_error, assert_same_grid, blob_array, make_image, run_main
 
-import UHarmonyLib.data.cases as cases_module
-from UHarmonyLib.data.cases import load_case
+from UHarmonyLib.data.cases import PlannedCase, load_case
 from UHarmonyLib.data.datasets import read_dataset
 from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.model.weights import load_bundle
@@ -96,7 +95,7 @@ def msd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _class_at(plan_case: cases_module.PlannedCase, groups_zyx: np.ndarray, value: int) -> list[int]:
+def _class_at(plan_case: PlannedCase, groups_zyx: np.ndarray, value: int) -> list[int]:
     """The union classes the label-file `value`'s blob became ([0]: background)."""
     return plan_case.groups[int(groups_zyx[BLOBS[value]])]
 
@@ -140,22 +139,26 @@ def test_brats_labels_become_model_labels(brats: Path) -> None:
     assert np.array_equal(sitk.GetArrayFromImage(loaded.images[1]), sitk.GetArrayFromImage(t1))
 
 
-def test_msd_task01_channels_and_labels(msd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux `/proc/self/io`: ITK's C++ reads count)."""
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+def test_msd_task01_channels_and_labels(msd: Path) -> None:
     """Task01's 4-D images split into flair, t1, t1ce, t2 on the 3-D grid, read once per case; labels mapped."""
     plan = plan_training([msd / "dataset.json"], 0.0, 0)
     assert plan.channels == MODEL_CHANNELS and plan.label_names == ["lesion core", "edema"]
     assert [s.name for s in plan.sites] == ["BRATS"] and all(c.four_d for c in plan.cases)
-    reads: list[Path] = []
-    real_read = cases_module.read_image_file
-
-    def counted(path: Path) -> sitk.Image:
-        reads.append(Path(path))
-        return real_read(path)
-
-    monkeypatch.setattr(cases_module, "read_image_file", counted)
     case = plan.cases[1]
+    load_case(case, len(plan.channels))  # first use: lazy imports read files too
+    before = _bytes_read()
+    sitk.ReadImage(str(case.entry.images[0]))
+    one_read = _bytes_read() - before
+    before = _bytes_read()
     loaded = load_case(case, len(plan.channels))
-    assert [p.parent.name for p in reads] == ["imagesTr", "labelsTr"]  # the 4-D file once, then the label
+    # the 4-D file once (and the small label), not once per channel: four reads would be 4 x one_read
+    assert one_read <= _bytes_read() - before < 2 * one_read
     for c in range(4):
         expected = _image(blob_array(SIZE, 10 + c))
         assert_same_grid(loaded.images[c], expected)
