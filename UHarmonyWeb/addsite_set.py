@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import slicer
-from UHarmonySlicerLib.addsite import AddSiteResult, Pair, add_site_arguments, export_dataset, segment_labels
-from UHarmonySlicerLib.engine import EventCallback, Job, Steps, engine_command
+from UHarmonySlicerLib.addsite import Pair, add_site_steps, export_dataset, segment_labels
+from UHarmonySlicerLib.engine import EventCallback, Job
 from UHarmonySlicerLib.errors import InputRefused
-from UHarmonySlicerLib.models import ModelInfo, next_version_folder, read_model
+from UHarmonySlicerLib.models import ModelInfo, next_version_folder
 from UHarmonySlicerLib.volumes import check_channels
 
 from UHarmonyWeb.workspace import slug
@@ -107,10 +107,4 @@ def add_site_set_job(
         raise InputRefused("Training needs at least 1 step.")
     out = next_version_folder(model, model_folders, user_folder)
 
-    def run(_temp: Path) -> Steps:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        args = add_site_arguments(model, folder / DATASET, site, out, steps, device)
-        outcome = yield engine_command("add-site", *args)
-        return AddSiteResult(read_model(out), outcome.result or {})
-
-    return Job(run, on_event, device)
+    return Job(lambda _temp: add_site_steps(model, folder / DATASET, site, out, steps, device), on_event, device)

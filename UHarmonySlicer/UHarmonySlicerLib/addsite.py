@@ -178,11 +178,16 @@ def add_site_job(
 
     def run(temp: Path) -> Steps:
         data = export_dataset(scene, temp / "dataset", pairs, site, model.channels, model.labels)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        outcome = yield engine_command("add-site", *add_site_arguments(model, data, site, out, steps, device))
-        return AddSiteResult(read_model(out), outcome.result or {})
+        return (yield from add_site_steps(model, data, site, out, steps, device))
 
     return Job(run, on_event, device)
+
+
+def add_site_steps(model: ModelInfo, data: Path, site: str, out: Path, steps: int, device: str) -> Steps:
+    """`uharmony add-site` on a written dataset, then the new version it made (a Job's steps)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    outcome = yield engine_command("add-site", *add_site_arguments(model, data, site, out, steps, device))
+    return AddSiteResult(read_model(out), outcome.result or {})
 
 
 class TrainingCurve:
