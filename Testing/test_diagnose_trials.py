@@ -19,7 +19,9 @@ from UHarmonyLib.diagnose.trials import (
     PLAIN_ENOUGH,
     STRATEGIES,
     advise,
+    bought_steps,
     fold_split,
+    learning_check,
     minutes_for_steps,
     steps_for_budget,
 )
@@ -95,6 +97,31 @@ def test_the_budget_buys_steps_after_the_fixed_costs() -> None:
     assert steps_for_budget(600, 60, 16, 10, 0.5) == 47  # (600 - 60 - 160) / (16 x 0.5)
     assert steps_for_budget(100, 60, 16, 10, 0.5) == 0
     assert minutes_for_steps(MIN_STEPS, 60, 16, 10, 0.5) == 6.4  # 60 + 16 x (10 + 10) = 380 s, rounded up
+
+
+def test_trials_shorter_than_the_training_make_a_still_learning_answer_inconclusive() -> None:
+    """A clear winner at the trials' length is not advised while plain training was still improving."""
+    rows = _rows({"uharmony": 0.1}, noise=0.005)
+    half = [{**r, "dice": r["dice"] - 0.2} for r in rows["plain"]]
+    learning = learning_check(rows["plain"], half, 100, 0.01)
+    assert learning["still_learning"] and learning["half_steps"] == 50
+    assert learning["mean"] == pytest.approx(0.2) and learning["cases"] == 20
+    result = advise(rows, 0.01, learning=learning, full_length=": about --budget-minutes 9 buys trials of 300 steps")
+    assert result["choice"] is None and result["advice"] == INCONCLUSIVE and result["learning"] == learning
+    assert result["reason"].startswith("the trials of 100 steps are too short to stand for the full training")
+    assert "rose +0.200" in result["reason"] and "buys trials of 300 steps; at this length: site-conditioned" in (
+        result["reason"]
+    )
+    settled = learning_check(rows["plain"], [{**r, "dice": r["dice"] - 0.005} for r in rows["plain"]], 100, 0.01)
+    assert not settled["still_learning"]
+    assert advise(rows, 0.01, learning=settled)["choice"] == "uharmony"  # a settled check leaves the advice
+
+
+def test_the_learning_check_is_paid_from_the_budget_only_when_trials_fall_short() -> None:
+    assert bought_steps(6000, 60, 16, 10, 0.5, 300, 4) == (300, False)  # 16 x 300 steps fit: full length
+    steps, check = bought_steps(600, 60, 16, 10, 0.5, 300, 4)
+    assert check and steps == 37  # (600 - 60 - 20 x 10) / ((16 + 2) x 0.5)
+    assert minutes_for_steps(37, 60, 16, 10, 0.5, 4) <= 10 < minutes_for_steps(38, 60, 16, 10, 0.5, 4)
 
 
 @pytest.fixture(scope="module")

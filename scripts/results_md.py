@@ -309,6 +309,7 @@ def render_diagnose(doc: dict[str, Any]) -> list[str]:
 def render_regret(doc: dict[str, Any]) -> list[str]:
     """Regret of `diagnose --trials` per generated dataset: each strategy's true Dice, the advice and its cost."""
     strategies = list(next(iter(doc["datasets"]), {}).get("truth", {}))
+    leaning = all("leaning" in r for r in doc["datasets"]) and doc.get("regret_leaning_mean") is not None
     body = [
         [
             r["name"],
@@ -317,16 +318,25 @@ def render_regret(doc: dict[str, Any]) -> list[str]:
             r["advised_strategy"],
             f"{r['regret']:.3f}",
             "yes" if r["correct"] else "no",
+            *([r["leaning"], f"{r['regret_leaning']:.3f}"] if leaning else []),
         ]
         for r in doc["datasets"]
     ]
+    bolder = (
+        f" Reading an inconclusive answer by its highest mean gain instead: regret mean "
+        f"{doc['regret_leaning_mean']}, max {doc['regret_leaning_max']}."
+        if leaning
+        else ""
+    )
+    header = ["dataset", *[f"true Dice: {s}" for s in strategies], "best", "advised", "regret", "correct"]
     out = [
         f"**Regret mean {doc.get('regret_mean')}, max {doc.get('regret_max')}; {doc.get('correct')} of "
         f"{doc.get('total')} advised within 0.01 of the best** (goal: mean <= 0.01, max <= 0.03)"
         + ("" if doc.get("complete") else "; incomplete run: not every dataset finished")
-        + ".",
+        + "."
+        + bolder,
         "",
-        *table(["dataset", *[f"true Dice: {s}" for s in strategies], "best", "advised", "regret", "correct"], body),
+        *table([*header, *(["leaning", "regret (leaning)"] if leaning else [])], body),
         "",
         *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()]),
     ]

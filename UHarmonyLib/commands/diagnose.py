@@ -37,7 +37,8 @@ TRIAL_OPTIONS = [
         type=int,
         default=DEFAULT_STEPS,
         metavar="N",
-        help=f"trials: at most N steps each ({DEFAULT_STEPS}, train's default)",
+        help=f"trials: the steps of the training the advice is for, and the most a trial runs ({DEFAULT_STEPS}, "
+        "train's default); shorter trials add a learning check",
     ),
     Option("--margin", type=float, default=0.01, help="trials: Dice gain over plain training worth advising (0.01)"),
     Option(

@@ -220,6 +220,15 @@ def trials_html(trials: dict[str, Any], sites: list[str]) -> list[str]:
         f"took {trials['seconds'] / 60:.1f} min. Harmonization: {html.escape(method['method'])} "
         f"({html.escape(method['chosen_by'])}).</p>",
     ]
+    learning = trials.get("learning")
+    if learning is not None and learning["mean"] is not None:
+        verdict = "still learning: the order may change" if learning["still_learning"] else "settled enough"
+        parts.append(
+            f"<p>Learning check (the trials ran fewer steps than the {budget['max_steps']} the advice is for): plain "
+            f"training's held-out Dice from {learning['half_steps']} to {learning['steps']} steps "
+            f"{learning['mean']:+.3f} (95 % CI {learning['low']:+.3f} to {learning['high']:+.3f}), {verdict}; "
+            f"about {budget['full_length_minutes']:g} min buy trials of full length.</p>"
+        )
     if method["screen"] is not None:
         parts += screen_html(method["screen"])
     if drivers["sites"]:
