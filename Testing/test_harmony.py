@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.nn.harmony_layer import HarmonyNorm, channel_affine
 from UHarmonyLib.nn.site_weights import one_hot_weights
 
 C = 5
@@ -190,3 +190,79 @@ def test_each_sample_trains_its_own_sites_row_when_the_rows_are_equal(layout: st
     assert layer.coef.grad is not None
     for s in range(S):
         assert (layer.coef.grad[s].abs().sum() > 0) == bool((sites == s).any()), s
+
+
+def _reference(layer: HarmonyNorm, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The layer's formula written out term by term: each site's polynomial of the standardized value, mixed."""
+    x_hat = layer.standardize(x)
+    t = x_hat.clamp(-layer.clip, layer.clip)
+    if layer.layout == "channels_first":
+        channel = (1, C, *([1] * (x.dim() - 2)))
+        sample = (x.shape[0], *([1] * (x.dim() - 1)))
+    else:
+        channel, sample = (C,), (x.shape[0], *([1] * (x.dim() - 1)))
+    out = torch.zeros_like(x)
+    for s in range(S):
+        y = layer.bias[s].reshape(channel) + layer.coef[s, 0].reshape(channel) * x_hat
+        for k in range(2, layer.degree + 1):
+            y = y + layer.coef[s, k - 1].reshape(channel) * t**k
+        out = out + w[:, s].reshape(sample) * y
+    return out
+
+
+@pytest.mark.parametrize(("layout", "shape"), LAYOUT_SHAPES)
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+@pytest.mark.parametrize("shared", [True, False])
+def test_fused_kernels_equal_the_formula_with_gradients(
+    layout: str, shape: tuple[int, ...], degree: int, shared: bool
+) -> None:
+    """Output and gradients (input, coefficients, bias) in float32 equal the formula computed term by term,
+    with weights shared by the batch (inference) or per sample (training), an outlier beyond the clamp included."""
+    layer = _randomized(HarmonyNorm(C, S, degree=degree, layout=layout))  # type: ignore[arg-type]
+    x = _input(layout, shape)
+    x.reshape(-1)[7] = 400.0
+    torch.manual_seed(4)
+    w = torch.softmax(torch.randn(1 if shared else shape[0], S), dim=1).expand(shape[0], S)
+    upstream = torch.randn(shape)
+    grads = []
+    for run in (layer, lambda v: _reference(layer, v, w)):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        layer.site_weights = w
+        out = run(xi)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), xi.grad, layer.coef.grad, layer.bias.grad))
+    for fused, formula in zip(*grads):
+        torch.testing.assert_close(fused, formula, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_channel_affine_is_scale_times_x_plus_shift(per_sample: bool) -> None:
+    """The per-channel kernel computes scale * x + shift, with the gradients of that expression."""
+    x = _input("channels_first", (2, C, 6, 5, 4)).requires_grad_(True)
+    rows = 2 if per_sample else 1
+    scale, shift = torch.randn(rows, C, requires_grad=True), torch.randn(rows, C, requires_grad=True)
+    upstream = torch.randn(x.shape)
+    fused = channel_affine(x, scale, shift)
+    expected = scale.reshape(rows, C, 1, 1, 1) * x + shift.reshape(rows, C, 1, 1, 1)
+    torch.testing.assert_close(fused, expected)
+    got = torch.autograd.grad((fused * upstream).sum(), (x, scale, shift))
+    want = torch.autograd.grad((expected * upstream).sum(), (x, scale, shift))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("degree", [1, 3])
+def test_bfloat16_autocast_keeps_maps_in_bfloat16(degree: int) -> None:
+    """Under CPU bfloat16 autocast the layer writes a bfloat16 map (no float32 copy) close to the float32 one."""
+    layer = _randomized(HarmonyNorm(C, S, degree=degree)).eval()
+    with torch.no_grad():
+        layer.coef.mul_(0.3)
+    x = _input("channels_first", (2, C, 8, 8, 8))
+    layer.site_weights = torch.softmax(torch.randn(1, S), dim=1).expand(2, S)
+    with torch.inference_mode():
+        full = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = layer(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), full, atol=0.1, rtol=0.02)

@@ -222,13 +222,12 @@ def _events(stdout: str) -> list[dict[str, Any]]:
 def start(mixed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The weights the distributed tests' runs start from (a run whose steps change nothing: lr 1e-30)."""
     out = tmp_path_factory.mktemp("start") / "start"
-    return train(TrainConfig(data=[mixed], out=out, steps=1, lr=1e-30, val_fraction=0.0, norm="instance", **TINY))
+    return train(TrainConfig(data=[mixed], out=out, steps=1, lr=1e-30, val_fraction=0.0, **TINY))
 
 
-# --norm instance: the U-Harmony layers at full resolution route a batch's gradient to its first sample's site
-# rows when two sites' rows are equal in value (as at the start), so a batch split over ranks is not the same sum
-DISTRIBUTED = {"batch_size": 4, "val_fraction": 0.0, "log_every": 1, "norm": "instance", **TINY}
-DISTRIBUTED_ARGS = ["--batch", 4, "--val-fraction", 0, "--log-every", 1, "--norm", "instance", *TINY_ARGS]
+# the default U-Harmony layers on four sites: each rank's share of a mixed batch trains its own sites' rows
+DISTRIBUTED = {"batch_size": 4, "val_fraction": 0.0, "log_every": 1, **TINY}
+DISTRIBUTED_ARGS = ["--batch", 4, "--val-fraction", 0, "--log-every", 1, *TINY_ARGS]
 
 
 @pytest.mark.slow  # two torchrun process groups and three single-process runs
@@ -278,7 +277,9 @@ def test_two_processes_train_the_single_process_steps_and_resume_in_one(
     assert f"resumed from step {step} of 8" in logs and "it ran in 2 processes, now 1" in logs
     whole = train(TrainConfig(data=[mixed], out=tmp_path / "whole", steps=8, checkpoint_every=100, **DISTRIBUTED))
     assert _loss_gap(out, whole) < LOSS_GAP
-    assert _update_gap(out, whole, start) < UPDATE_GAP
+    # 8 steps through two world sizes: measured 1.4e-3, spread over the conv weights in proportion to their updates
+    # (rounding carried by AdamW); a site row trained by the wrong samples would stand out by orders of magnitude
+    assert _update_gap(out, whole, start) < 2 * UPDATE_GAP
     assert _card(out)["provenance"]["resumed_from"] == [step]
 
 
