@@ -67,6 +67,7 @@ def _full_config(tmp_path: Path) -> TrainConfig:
         data_mode="stream",
         workers=2,
         cache_cases=3,
+        compile=True,
     )
 
 
@@ -97,7 +98,7 @@ def test_the_recorded_command_reruns_the_same_training(tmp_path: Path) -> None:
     config = replace(_full_config(tmp_path), steps=None)
     words = shlex.split(config.command_line(steps=1000))
     assert words[:2] == ["uharmony", "train"] and "--resume" not in words and "--device" not in words
-    assert not {"--data-mode", "--workers", "--cache-cases"} & set(words)  # how batches are made is not recorded
+    assert not {"--data-mode", "--workers", "--cache-cases", "--compile"} & set(words)  # how steps run: not recorded
     assert str(tmp_path) not in shlex.join(words)
     named = replace(config, steps=1000, data=[Path(shareable_path(d)) for d in config.data], out=Path(config.out.name))
     assert _parse_train(words[2:]).training_fields() == named.training_fields()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,26 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import REPO, assert_one_line_error, run_main
+import torch._inductor.config as inductor_config
+from conftest import REPO, assert_one_line_error, run_main, tiny_net
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file
 
+from UHarmonyLib.cli import build_parser
+from UHarmonyLib.commands.train import config_from_args
 from UHarmonyLib.data.cases import load_case
 from UHarmonyLib.data.plan import plan_training
+from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.checksum import sha256_file
-from UHarmonyLib.model.weights import load_bundle
+from UHarmonyLib.model.weights import load_bundle, unique_state
 from UHarmonyLib.nn.gate_network import FEATURES_PER_CHANNEL, scanner_signature
 from UHarmonyLib.nn.harmony_layer import HarmonyNorm
+from UHarmonyLib.progress import SilentReporter
 from UHarmonyLib.training import MarginalDiceCELoss, TrainConfig, marginal_probabilities, train
 from UHarmonyLib.training.checkpoint import checkpoints, load_checkpoint
+from UHarmonyLib.training.compiling import CompiledStep
+from UHarmonyLib.training.distributed import World
+from UHarmonyLib.training.loop import Trainer
 from UHarmonyLib.training.patches import prepare_case
 from UHarmonyLib.training.sampling import PatchSampler
 
@@ -410,3 +419,52 @@ def test_site_params_train_shared_rows_and_bundles_store_plain_ones(mixed: Path,
     assert "--site-params independent" in _card(bundles["independent"])["provenance"]["command"]
     assert states["residual"]["backbone.output_block.conv.conv.weight"].shape[0] == 4  # one head row per site
     assert load_bundle(bundles["residual"]).config.num_sites == 4
+
+
+# ---------------------------------------------------------------- --compile
+
+
+INDUCTOR_IMPORTS = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside PyTorch
+
+
+@INDUCTOR_IMPORTS
+def test_compile_is_a_runtime_choice_and_saves_the_plain_networks_weights(
+    easy: Path, trained: Path, tmp_path: Path
+) -> None:
+    """`--compile` reaches the trainer as a runtime choice (not in the card's command, free to differ on --resume,
+    which compiles only when asked again). The steps call torch.compile's wrapper, whose state dict keys carry
+    `_orig_mod.`; checkpoints and the bundle come from the network itself: an uncompiled run's keys, loadable
+    without compiling. Nothing is compiled here (that happens at the first call: minutes on 2 CPU cores)."""
+    args = ["train", "--data", str(easy), "--out", str(tmp_path / "compiled-v1"), "--steps", "2", "--compile"]
+    config = config_from_args(build_parser().parse_args([*args, *TINY_ARGS]))
+    plain = replace(config, compile=False)
+    assert config.compile and "compile" not in config.training_fields() and "--compile" not in config.command_line(2)
+    assert plain.resumed({**config.training_fields(), **config.runtime_fields()}, set(), tmp_path).compile is False
+    assert config.resumed({**plain.training_fields(), **plain.runtime_fields()}, {"compile"}, tmp_path).compile
+    trainer = Trainer(config, SilentReporter(), World.from_env(), torch.device("cpu"))
+    trainer.start()
+    assert isinstance(trainer.model, CompiledStep) and trainer.model.compiled._orig_mod is trainer.net
+    assert set(trainer.model.compiled.state_dict()) == {f"_orig_mod.{k}" for k in trainer.net.state_dict()}
+    trainer.checkpoint(1)
+    assert set(load_checkpoint(config.work_dir).model) == set(unique_state(trainer.net))
+    bundle = Path(trainer.finish(time.perf_counter())["bundle"])
+    keys = set(load_file(str(bundle / "model.safetensors")))
+    assert keys == set(load_file(str(trained / "model.safetensors"))) and not any("_orig_mod" in k for k in keys)
+    assert load_bundle(bundle).net.config.filters == (4, 8, 16)
+
+
+@INDUCTOR_IMPORTS
+def test_a_compiler_that_fails_stops_the_step_with_one_line(tmp_path: Path) -> None:
+    """Where torch.compile's backend cannot compile (here: inductor finds no C++ compiler), the first step says so
+    in one line."""
+    step = CompiledStep(tiny_net().train())
+    x, weights = torch.randn(2, 1, 16, 16, 16), torch.eye(3)[:2]
+    missing = {"cpp.cxx": (None, str(tmp_path / "no-compiler")), "fx_graph_cache": False}
+    try:
+        with inductor_config.patch(missing), pytest.raises(InputError) as refused:
+            step(x, weights)
+    finally:
+        torch._dynamo.reset()
+    message = str(refused.value)
+    assert message.startswith("--compile: torch.compile failed here (") and "\n" not in message
+    assert "no-compiler" in message and message.endswith("; leave out --compile")

@@ -33,11 +33,12 @@ from UHarmonyLib.options import (
 )
 
 # fields that may differ between an interrupted run and its --resume (they do not change the result)
-# how the batches are made (data_mode, workers, cache_cases) never changes them: see case_stream.py, batch_stream.py
+# how the batches are made (data_mode, workers, cache_cases) never changes them: see case_stream.py, batch_stream.py;
+# compile runs the same network on the same batches (compiling.py), equal up to float rounding as torchrun's steps are
 RUNTIME_FIELDS = (
-    "resume", "device", "command", "log_every", "checkpoint_every", "data_mode", "workers", "cache_cases"
+    "resume", "device", "command", "log_every", "checkpoint_every", "data_mode", "workers", "cache_cases", "compile"
 )  # fmt: skip
-RECORDED_RUNTIME = (  # kept in checkpoints as the resume's defaults
+RECORDED_RUNTIME = (  # kept in checkpoints as the resume's defaults (not compile: a flag a resume could not turn off)
     "device", "log_every", "checkpoint_every", "data_mode", "workers", "cache_cases"
 )  # fmt: skip
 DEFAULT_STEPS = 1000
@@ -168,6 +169,14 @@ class TrainConfig:
     )
     cache_cases: int = option(
         8, Option("--cache-cases", type=int, metavar="N", help="stream: cases kept in memory, most drawn first (8)")
+    )
+    compile: bool = option(
+        False,
+        Option(
+            "--compile",
+            action="store_true",
+            help="run the training step's network through torch.compile (minutes to start; for long GPU runs)",
+        ),
     )
     command: str = ""  # recorded in the card; default: an equivalent `uharmony train` line
 

@@ -237,7 +237,7 @@ class Trainer:
             present=[sorted(self.plan.cases[i].channels) for i in train_ids],
         )
         self.net = _network(config, self.plan).to(self.device)
-        self.model: torch.nn.Module = self.net  # what the steps call: DDP around the network when distributed
+        self.model: torch.nn.Module = self.net  # what the steps call: DDP around it when distributed, compiled
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=self.total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -276,6 +276,10 @@ class Trainer:
                 self.net.gate.fit_scaler(feats)
         if self.world.active:
             self.model = self.world.wrap(self.net)
+        if self.config.compile:  # the steps call the compiled wrapper; weights are read and written on self.net
+            from UHarmonyLib.training.compiling import CompiledStep  # imports torch._dynamo (seconds)
+
+            self.model = CompiledStep(self.model)
 
     def restore(self, ckpt: Checkpoint) -> None:
         stored = ckpt.meta.get("config", {})
@@ -526,6 +530,10 @@ def train_run(config: TrainConfig, reporter: Reporter | None = None) -> dict[str
     config.check()
     _check_paths(config)
     device = resolve_device(config.device)
+    if config.compile:
+        from UHarmonyLib.training.compiling import check_compile
+
+        check_compile()
     try:
         if world.active:
             device = world.join(device, config.batch_size)
