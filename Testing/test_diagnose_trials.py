@@ -109,8 +109,9 @@ def test_trials_shorter_than_the_training_make_a_still_learning_answer_inconclus
     result = advise(rows, 0.01, learning=learning, full_length=": about --budget-minutes 9 buys trials of 300 steps")
     assert result["choice"] is None and result["advice"] == INCONCLUSIVE and result["learning"] == learning
     assert result["reason"].startswith("the trials of 100 steps are too short to stand for the full training")
-    assert "rose +0.200" in result["reason"] and "buys trials of 300 steps; at this length: site-conditioned" in (
-        result["reason"]
+    assert (
+        "rose +0.200" in result["reason"]
+        and "buys trials of 300 steps; at this length: site-conditioned" in (result["reason"])
     )
     settled = learning_check(rows["plain"], [{**r, "dice": r["dice"] - 0.005} for r in rows["plain"]], 100, 0.01)
     assert not settled["still_learning"]

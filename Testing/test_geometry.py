@@ -342,7 +342,7 @@ def test_labels_are_the_argmax_of_the_probabilities_on_the_input_grid(
     """Labels made one class at a time (to keep memory flat) are exactly the argmax of the full probabilities."""
     bundle = load_bundle(bundle_factory())
     image = make_image(blob_array((40, 34, 28), seed=3), spacing=spacing, direction=PERMUTED_FLIPPED)
-    result = segment_volumes(bundle, [image], want_probabilities=True, mirror=False)
+    result = segment_volumes(bundle, [image], want_probabilities=True, passes=1)
     assert result.probabilities is not None
     probs = sitk.GetArrayFromImage(result.probabilities)
     values = np.array([0] + [lab["value"] for lab in LABELS])

@@ -39,7 +39,7 @@ class Option:
     default: Any = None
     help: str | None = None
     metavar: str | None = None
-    choices: Sequence[str] | None = None
+    choices: Sequence[Any] | None = None
     nargs: int | Literal["?", "*", "+"] | None = None
     action: Literal["store", "store_true", "append"] = "store"
     required: bool = False
@@ -90,7 +90,17 @@ PROGRESS = Option("--progress", choices=("bar", "json"), default="bar", help="js
 NO_MIRROR = Option(
     "--no-mirror",
     action="store_true",
-    help="skip test-time mirroring (one pass instead of one per mirrored axis: faster, slightly less accurate)",
+    help="skip test-time mirroring (one pass instead of several: faster, slightly less accurate)",
+    group="mirror",
+)
+MIRROR_PASSES = Option(
+    "--mirror-passes",
+    type=int,
+    choices=(1, 2, 4, 8),
+    metavar="N",
+    help="test-time mirroring passes: 1 (none), 2 (+ left-right flip), 4 (+ each axis flipped alone) or 8 (every "
+    "flip); default 4, fewer where the model's card mirrors fewer axes (docs/RESULTS.md weighs Dice against time)",
+    group="mirror",
 )
 DEVICE = Option("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 PRECISION = Option("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))

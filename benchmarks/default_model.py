@@ -97,7 +97,7 @@ def calibrate(args: argparse.Namespace, bundle: Bundle, seen: list[SiteSpec], na
     seed = PROTOCOL.development_seeds[-1]
     cases = held_out_cases(bundle, seen, naming, CALIBRATION_CASES_PER_SITE, args.spacing, seed).cases
     # only the gate's distance is needed: no mirrored passes, no scoring
-    distances = [segment_volumes(bundle, case.images, mirror=False).gate.distance for case in cases]
+    distances = [segment_volumes(bundle, case.images, passes=1).gate.distance for case in cases]
     threshold = threshold_at(distances, FALSE_POSITIVE_RATE)
     how = {
         "false_positive_rate": FALSE_POSITIVE_RATE,

@@ -1,10 +1,13 @@
 """Inference benchmark on one full 1 mm brain volume (the MNI ICBM152 2009 T1 template shipped by nilearn).
 
 Usage: .venv/bin/python benchmarks/inference.py [--model BUNDLE] [--repeats N] [--quick] [--out JSON]
+                                                [--only timings|passes|agreement]
 
 Every figure is a ratio against a baseline measured in the same run on the same machine (medians of the
 repeats). The bundle is copied with a card asking for 1 mm spacing and 96^3 windows (overlap 0.5), so the
 volume is processed the way a real 1 mm model would process it. Results go to docs/results/inference.json.
+Its "passes" section (benchmarks/passes.py) weighs test-time mirroring passes: Dice against seconds per case.
+Its "bf16_agreement" section (benchmarks/precision.py) compares bfloat16 with float32 labels on cases with lesions.
 """
 
 from __future__ import annotations
@@ -33,14 +36,19 @@ import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, NormalizeIntensity, Orientation
+from passes import CASES_PER_SITE as PASSES_CASES_PER_SITE
+from passes import measure as measure_passes
+from precision import measure as measure_agreement
 
 from UHarmonyLib.files.volumes import read_volume, same_grid
+from UHarmonyLib.inference.crop import Box, foreground_box
 from UHarmonyLib.inference.device import autocast, cpu_has_bf16, resolve_precision
 from UHarmonyLib.inference.preprocessing import ModelSpace, normalize, stack_channels
 from UHarmonyLib.inference.windows import pad_to_roi, window_slices
 from UHarmonyLib.model.weights import Bundle, load_bundle, make_card, save_bundle
 from UHarmonyLib.nn.config import NetworkConfig
 from UHarmonyLib.nn.network import UHarmonyNet
+from UHarmonyLib.resources import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "Resources" / "Models" / "uharmony-starter-v1"
@@ -174,12 +182,15 @@ def monai_run(model: Path, image: Path, out: Path, weights: list[float]) -> dict
     return {**json.loads(child.stdout.strip().splitlines()[-1]), "wall": child.wall, "peak_rss_mb": child.peak_rss_mb}
 
 
-def preprocessed(bundle: Bundle, image: Path) -> torch.Tensor:
-    """The volume exactly as the engine feeds it to the network, (1, C, x, y, z), as a plain tensor."""
+def preprocessed(bundle: Bundle, image: Path) -> tuple[torch.Tensor, Box]:
+    """The volume exactly as the engine feeds it to the network (its foreground box, (1, C, x, y, z), as a plain
+    tensor), and the box."""
     img = read_volume(image)
     space = ModelSpace.for_image(img, bundle.preprocessing)
-    x = normalize(stack_channels(space, [img]), bundle.preprocessing["intensity"]).unsqueeze(0)
-    return x.as_subclass(torch.Tensor)
+    raw = stack_channels(space, [img])
+    box = foreground_box(raw, ROI, OVERLAP)
+    x = box.take(normalize(raw, bundle.preprocessing["intensity"])).unsqueeze(0)
+    return x.as_subclass(torch.Tensor), box
 
 
 def timed_forward(net: UHarmonyNet, patch: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> float:
@@ -335,7 +346,7 @@ def measure(model: Path, repeats: int, pairs: int, work: Path, quiet: float) -> 
     net, batch = bundle.net, int(bundle.inference.get("batch_size", 1))
     dtype = resolve_precision("auto", torch.device("cpu"))
     log(f"model {bundle.label_text} from {model}; 1 mm copy at {bundle_path}; default precision {dtype}")
-    x = preprocessed(bundle, image)
+    x, box = preprocessed(bundle, image)
     padded = pad_to_roi(x, ROI)
     slices = window_slices(padded.shape[2:], ROI, OVERLAP)
     windows = [
@@ -385,8 +396,10 @@ def measure(model: Path, repeats: int, pairs: int, work: Path, quiet: float) -> 
     raw["harmony_cost_foreign_cores"] = m.foreign_cores
     raw["loadavg_end"] = os.getloadavg()
     raw["context"] = {
-        "volume_shape": list(x.shape[2:]),
+        "volume_shape": list(box.shape),
+        "crop_shape": list(box.size),
         "windows": len(slices),
+        "windows_uncropped": len(window_slices([max(s, r) for s, r in zip(box.shape, ROI)], ROI, OVERLAP)),
         "forward_calls": len(windows),
         "batch_size": batch,
         "blend": bundle.inference.get("blend", "gaussian"),
@@ -419,8 +432,13 @@ DEFINITIONS = {
     "foreign_cores": "CPU cores used by other processes during each measured block (from /proc/stat, minus this "
     "benchmark and its children); a run is clean when every block stays under 0.25, and the headline medians use "
     "the clean runs only (all runs, with contended = true, when none is clean)",
+    "windows": "sliding windows the engine runs: those of the volume's foreground box (UHarmonyLib/inference/crop.py); "
+    "`windows_uncropped` covers the whole volume, as the MONAI script does",
     "dice_agreement_cli_float32": "the same Dice with `uharmony segment --precision float32`: separates precision "
     "effects from pipeline differences",
+    "bf16_agreement": "bfloat16 against float32 `segment_volumes` (one pass each) on cases with lesions of realistic "
+    "size (benchmarks/precision.py): voxel = fraction of voxels with the same label, dice = whole-lesion (label > 0) "
+    "Dice between the two label maps; the headline is the worst case",
 }
 
 
@@ -450,6 +468,8 @@ def document(raw: dict[str, Any], repeats: int) -> dict[str, Any]:
         "volume_shape": ctx["volume_shape"],
         "voxel_mm": [1.0, 1.0, 1.0],
         "windows": ctx["windows"],
+        "windows_uncropped": ctx["windows_uncropped"],
+        "crop_shape": ctx["crop_shape"],
         "precision": precision,
         "torch_threads": torch.get_num_threads(),
         "repeats": repeats,
@@ -536,6 +556,49 @@ def summary(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def passes_section(model: Path, per_site: int) -> dict[str, Any]:
+    """benchmarks/passes.py's rows and choice, with the cores other processes used meanwhile."""
+    log(f"passes: 1, 2, 4 and 8 mirrored passes of {_rel(model)} on {per_site} development case(s) per site")
+    with Meter() as m:
+        section = measure_passes(model, per_site, log)
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    return {**section, "foreign_cores": m.foreign_cores, "torch_threads": torch.get_num_threads(), "command": command}
+
+
+def passes_summary(section: dict[str, Any]) -> str:
+    rows = [f"  {r['passes']} passes: Dice {r['dice']}, {r['seconds']:.2f} s per case" for r in section["rows"]]
+    choice = section["choice"]
+    return "\n".join(
+        [
+            f"Mirroring passes ({section['model']}, {section['rows'][0]['cases']} development cases):",
+            *rows,
+            f"  chosen {choice['chosen']} ({choice['rule']}); the engine's default is {choice['engine_default']}",
+        ]
+    )
+
+
+def agreement_section(model: Path) -> dict[str, Any]:
+    """benchmarks/precision.py's cases, the benchmark's model run as the timings run it (its 1 mm copy)."""
+    with tempfile.TemporaryDirectory(prefix="uharmony-bench-") as tmp:
+        return measure_agreement(derive_bundle(model, Path(tmp) / "bench-1mm"), log)
+
+
+def agreement_summary(section: dict[str, Any]) -> str:
+    rows = [
+        f"  {r['case']} ({r['model']}): voxels {r['voxel']:.6f}, whole-lesion Dice {r['dice']}, "
+        f"{r['differing_voxels']} voxels differ, lesion {r['lesion_ml']['float32']} ml"
+        for r in section["cases"]
+    ]
+    goal = section["goal"]
+    return "\n".join(
+        [
+            f"bfloat16 vs float32 labels: worst Dice {section['dice']} (goal {goal['op']} {goal['value']} "
+            f"{'met' if goal['met'] else 'MISSED'}), worst voxel agreement {section['voxel']:.6f}",
+            *rows,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default: starter model)")
@@ -549,19 +612,55 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="before each block, wait up to S s for other processes to leave the CPU (default 60)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("timings", "passes", "agreement"),
+        help="measure this section alone (timings: everything but passes and agreement), keeping the rest of --out",
+    )
+    parser.add_argument(
+        "--passes-model",
+        type=Path,
+        default=default_model(),
+        help="bundle of the passes section (default: the bundled default model, trained on its cases' sites)",
+    )
+    parser.add_argument(
+        "--passes-cases", type=int, default=PASSES_CASES_PER_SITE, help="development cases per site there (default 5)"
+    )
     parser.add_argument("--monai-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.monai_child:
         model, image, out, weights = args.monai_child
         print(json.dumps(monai_script(Path(model), Path(image), Path(out), json.loads(weights))))
         return 0
-    if not (args.model / "model.json").is_file():
-        parser.error(f"{args.model}: no model bundle there (give one with --model)")
+    for flag, bundle in (("--model", args.model), ("--passes-model", args.passes_model)):
+        if not (bundle / "model.json").is_file():
+            parser.error(f"{bundle}: no model bundle there (give one with {flag})")
+    per_site = 1 if args.quick else args.passes_cases
+    if args.only == "passes":
+        doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        doc["passes"] = passes_section(args.passes_model, per_site)
+        write_json(args.out, doc)
+        print(passes_summary(doc["passes"]))
+        print(f"wrote {_rel(args.out)}")
+        return 0
+    if args.only == "agreement":
+        doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        doc["bf16_agreement"] = agreement_section(args.model)
+        write_json(args.out, doc)
+        print(agreement_summary(doc["bf16_agreement"]))
+        print(f"wrote {_rel(args.out)}")
+        return 0
     repeats = 1 if args.quick else max(args.repeats, 1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="uharmony-bench-") as tmp:
         raw = measure(args.model, repeats, 3 if args.quick else max(5, 2 * repeats + 1), Path(tmp), args.wait_quiet)
     doc = document(raw, repeats)
+    if args.only == "timings":
+        kept = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        doc.update({k: kept[k] for k in ("passes", "bf16_agreement") if k in kept})
+    else:
+        doc["passes"] = passes_section(args.passes_model, per_site)
+        doc["bf16_agreement"] = agreement_section(args.model)
     doc["machine"] = {
         "cpu": cpu_model(),
         "native_bf16": cpu_has_bf16(),
@@ -578,6 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     doc["benchmark_seconds"] = round(time.perf_counter() - start, 1)
     write_json(args.out, doc)
     print(summary(doc))
+    if "passes" in doc:
+        print(passes_summary(doc["passes"]))
+    if "bf16_agreement" in doc:
+        print(agreement_summary(doc["bf16_agreement"]))
     print(f"wrote {_rel(args.out)}")
     return 0
 

@@ -176,7 +176,7 @@ def score_bundle(
     hits = []
     for case in tests.cases:
         site = case.site if given else "auto"
-        result = segment_volumes(bundle, case.images, site=site, device=device, mirror=False)
+        result = segment_volumes(bundle, case.images, site=site, device=device, passes=1)
         scored.records.append(case_record(scored.arm, replicate, case, result, given))
         hits.append(float(result.gate.chosen == case.site))
     if not given and bundle.config.norm == "uharmony":

@@ -650,7 +650,7 @@ def gate_map_png(run: Run, out: Path) -> None:
     firsts = [next(c for c in tests.cases if c.site == site) for site in sites]
     fig, axes = plt.subplots(2, len(firsts), figsize=(3.2 * len(firsts), 6.4))
     for col, case in enumerate(firsts):
-        result = segment_volumes(bundle, case.images, want_gate_map=True, mirror=False)
+        result = segment_volumes(bundle, case.images, want_gate_map=True, passes=1)
         assert result.gate_map is not None
         flair = sitk.GetArrayFromImage(case.images[0])
         gate = sitk.GetArrayFromImage(result.gate_map).astype(float)

@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from UHarmonyLib.evaluation.bootstrap import hierarchical_ci
+from UHarmonyLib.model.card import MIRROR_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -124,7 +125,75 @@ def render_inference(doc: dict[str, Any]) -> list[str]:
         "other cores",
     ]
     out += ["", "Per-run timings:", "", *table(header, runs)]
-    return out
+    out += render_bf16_agreement(doc["bf16_agreement"]) if "bf16_agreement" in doc else []
+    return out + render_passes(doc["passes"]) if "passes" in doc else out
+
+
+def render_bf16_agreement(section: dict[str, Any]) -> list[str]:
+    """bfloat16 against float32 labels on cases with lesions: the worst case against the goal, then every case."""
+    goal = section["goal"]
+    rows = [
+        [
+            r["case"],
+            r["model"],
+            f"{r['voxel']:.6f}",
+            r["dice"],
+            r["differing_voxels"],
+            " / ".join(str(r["lesion_ml"][k]) for k in ("truth", "float32", "bfloat16")),
+            " / ".join(str(r["dice_vs_truth"][k]) for k in ("float32", "bfloat16")),
+        ]
+        for r in section["cases"]
+    ]
+    header = [
+        "case",
+        "model",
+        "same label",
+        "whole-lesion Dice",
+        "voxels differing",
+        "lesion ml: truth / float32 / bfloat16",
+        "Dice vs truth: float32 / bfloat16",
+    ]
+    verdict = "met" if goal["met"] else "**missed**"
+    return [
+        "",
+        f"bfloat16 against float32 labels (`bf16_agreement`, one pass each): worst whole-lesion Dice "
+        f"{section['dice']} (goal {goal['op']} {goal['value']}: {verdict}), worst fraction of voxels with the same "
+        f"label {section['voxel']:.6f}.",
+        "",
+        *table(header, rows),
+    ]
+
+
+def render_passes(section: dict[str, Any]) -> list[str]:
+    """Test-time mirroring passes: Dice against seconds per case, paired against one pass, and the default chosen."""
+    one = next(r for r in section["rows"] if r["passes"] == 1)
+    against_one = {c["b_passes"]: c for c in section["comparisons"] if c["a_passes"] == 1}
+    rows = [
+        [
+            r["passes"],
+            r["dice"],
+            "—" if r["passes"] == 1 else f"{against_one[r['passes']]['diff_mean']:+.4f}",
+            "—" if r["passes"] == 1 else "[{:+.4f}, {:+.4f}]".format(*against_one[r["passes"]]["ci95"]),
+            r["seconds"],
+            f"{r['seconds'] / one['seconds']:.2f}x",
+            r["cases"],
+        ]
+        for r in section["rows"]
+    ]
+    choice = section["choice"]
+    verdict = "the same" if choice["chosen"] == MIRROR_PASSES else "**not the measured choice**"
+    header = ["passes", "whole-lesion Dice", "Dice - 1 pass", "95 % CI", "s per case", "time vs 1 pass", "cases"]
+    return [
+        "",
+        f"Test-time mirroring passes (`passes`): {section['model']} on {section['evaluation']} cases of "
+        f"{', '.join(section['sites'])} (seed {section['seed']}); {section['dice']}; "
+        f"{section['seconds']}; other processes used {section['foreign_cores']} cores meanwhile.",
+        "",
+        *table(header, rows),
+        "",
+        f"Measured choice: {choice['chosen']}, by the rule: {choice['rule']}. The engine's default "
+        f"(`UHarmonyLib/model/card.py` MIRROR_PASSES) is {MIRROR_PASSES}: {verdict}.",
+    ]
 
 
 def _dice(value: float | None) -> str:
@@ -475,6 +544,50 @@ def render_memory(doc: dict[str, Any]) -> list[str]:
     return [*out, "", f"Command: `{doc.get('command')}` ({doc.get('date')}, {doc.get('seconds')} s)."]
 
 
+def render_gpu_check(doc: dict[str, Any]) -> list[str]:
+    """benchmarks/gpu_check.py: training steps per variant, segmentation in float32 and the default precision."""
+    training, machine = doc.get("training", {}), doc.get("machine", {})
+
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    body = [
+        [
+            r["layout"],
+            "yes" if r["compile"] else "no",
+            r.get("precision", "—"),
+            r.get("skipped") or r.get("error") or seconds(r.get("first_step_seconds")),
+            seconds(r.get("step_seconds")),
+            r.get("speedup", "—"),
+            r.get("peak_gpu_memory_gib") or "—",
+            r["losses"][0] if r.get("losses") else "—",
+        ]
+        for r in training.get("rows", [])
+    ]
+    header = ["layout", "torch.compile", "precision", "first step s", "step s (median)", "speedup", "peak GiB"]
+    versions = ", ".join(f"{k} {machine[k]}" for k in ("torch", "cuda", "cudnn") if machine.get(k))
+    out = [
+        f"{doc.get('device')} ({versions}); {training.get('data')}, filters {training.get('filters')}, patch "
+        f"{training.get('patch')}, batch {training.get('batch_size')}; one batch cut on the CPU in "
+        f"{training.get('batch_seconds')} s.",
+        "",
+        *table([*header, "first loss"], body),
+    ]
+    seg = doc.get("segmentation")
+    if seg:
+        runs = [[k, *(seg[k][f] for f in ("precision", "device", "passes", "seconds", "dice_vs_reference"))]
+                for k in ("float32", "default")]  # fmt: skip
+        peak = f"; peak GPU memory {seg['peak_gpu_memory_gib']} GiB" if seg.get("peak_gpu_memory_gib") else ""
+        out += ["", f"Segmentation: {seg['model']} on {seg['case']}{peak}.", ""]
+        out += table(["run", "precision", "device", "passes", "s (median)", "Dice vs reference"], runs)
+        agreement = cell(seg["agreement_dice"])
+        out += ["", f"Default precision against float32 (Dice): {agreement}; speedup {seg['speedup']}."]
+    checks = ", ".join(f"{k} {'yes' if ok else '**no**'}" for k, ok in doc.get("checks", {}).items())
+    done = "" if doc.get("complete") else " (incomplete: the run stopped early)"
+    command = f"Command: `{doc.get('command')}` ({doc.get('date')}, {doc.get('seconds')} s)."
+    return [*out, "", f"Checks: {checks or '—'}{done}.", "", command]
+
+
 def seed_level(name: str, per_seed: list[float], meaning: str) -> dict[str, Any]:
     """A pre-protocol seed-paired difference as a comparison: bootstrap over the seeds only (no case scores)."""
     interval = hierarchical_ci([[d] for d in per_seed])
@@ -561,6 +674,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "federated.json": render_federated,
+    "gpu_check.json": render_gpu_check,
     "inference.json": render_inference,
     "memory.json": render_memory,
     "reproduce.json": render_reproduce,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, NO_MIRROR, PRECISION, PROGRESS, Option, Verbs, add_command
+from UHarmonyLib.options import DEVICE, MIRROR_PASSES, NO_MIRROR, PRECISION, PROGRESS, Option, Verbs, add_command
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ OPTIONS = [
     Option("--gate-map", type=Path, help="write the per-patch most likely site as a label volume"),
     Option("--probabilities", type=Path, help="write per-class probabilities (vector volume)"),
     NO_MIRROR,
+    MIRROR_PASSES,
     Option("--harmonize", metavar="METHOD", help="optional check: the model card's harmonization (the card decides)"),
     PROGRESS,
 ]
@@ -190,7 +191,7 @@ def result_payload(bundle: Bundle, result: SegmentationResult, written: dict[str
 def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool = True) -> dict:
     """Segment and write the outputs; `emit_result=False` lets a caller (the demo) send one combined result."""
     from UHarmonyLib.inference.device import resolve_device
-    from UHarmonyLib.inference.engine import check_site, segment_files
+    from UHarmonyLib.inference.engine import check_site, mirror_flips, segment_files
     from UHarmonyLib.model.weights import load_bundle
 
     start = time.perf_counter()
@@ -198,6 +199,8 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
     device = resolve_device(args.device)
     bundle = load_bundle(args.model)
     check_site(bundle, args.site)
+    passes = 1 if args.no_mirror else args.mirror_passes
+    mirror_flips(bundle, passes)  # refuses more passes than the card's axes give, before any case is read
     check_harmonize(bundle, args.harmonize)
     reporter.log(f"model {bundle.label_text}: channels {', '.join(bundle.channel_names)}; device {device}")
     result = segment_files(
@@ -208,7 +211,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
         precision=args.precision,
         want_probabilities=args.probabilities is not None,
         want_gate_map=args.gate_map is not None,
-        mirror=not args.no_mirror,
+        passes=passes,
         reporter=reporter,
     )
     written = write_outputs(args, bundle, result)

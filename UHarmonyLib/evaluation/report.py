@@ -143,7 +143,11 @@ def score_cases(
         site = mapped.plan.sites[case.site].name
         loaded = load_case(case, len(bundle.channel_names))
         result = segment_volumes(
-            bundle, loaded.images, site=site if site_mode == "given" else "auto", device=device, mirror=mirror
+            bundle,
+            loaded.images,
+            site=site if site_mode == "given" else "auto",
+            device=device,
+            passes=None if mirror else 1,
         )
         pred = sitk.GetArrayViewFromImage(result.labels)
         scores = score_case(pred, groups, case.label_names, loaded.groups_zyx, result.labels.GetSpacing()[::-1])

@@ -57,7 +57,7 @@ def evaluate(
                 site=site if given else "auto",
                 device=device,
                 precision=precision,
-                mirror=False,  # one pass: validation runs often; the ranking of checkpoints is what counts
+                passes=1,  # no mirroring: validation runs often; the ranking of checkpoints is what counts
             )
             pred = sitk.GetArrayViewFromImage(result.labels)
             spacing = result.labels.GetSpacing()[::-1]

@@ -1,7 +1,8 @@
-"""Whole-volume inference: read, move to model space, gate pass, segmentation pass, map back."""
+"""Whole-volume inference: read, move to model space, crop to the foreground, gate pass, segmentation pass, map back."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ from monai.inferers import sliding_window_inference
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.volumes import read_channels
+from UHarmonyLib.inference.crop import Box, foreground_box
 from UHarmonyLib.inference.device import autocast, resolve_precision
 from UHarmonyLib.inference.gate_decision import GateDecision, aggregate, given_site
-from UHarmonyLib.inference.preprocessing import ModelSpace, model_input
+from UHarmonyLib.inference.preprocessing import ModelSpace, model_channels, normalize
 from UHarmonyLib.inference.windows import pad_to_roi, window_slices
-from UHarmonyLib.model.card import MIRROR_AXES
+from UHarmonyLib.model.card import MIRROR_AXES, MIRROR_PASSES
 from UHarmonyLib.model.signature_bank import case_vector
 from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter, SilentReporter
@@ -61,6 +63,24 @@ def check_site(bundle: Bundle, site: str) -> None:
         raise InputError(f"unknown site '{site}'; the model knows: {', '.join(bundle.site_names)}")
 
 
+def mirror_flips(bundle: Bundle, passes: int | None = None) -> list[tuple[int, ...]]:
+    """The tensor dims each test-time mirroring pass flips, `passes` of them (None: `MIRROR_PASSES`, or fewer).
+
+    A fixed order over the card's `mirror_axes` (model-space x, y, z): no flip, each axis alone,
+    each pair, all three. With every axis listed, 4 passes are the single flips (what the engine
+    always ran before the count was selectable) and 8 are all flips, as nnU-Net mirrors.
+    """
+    axes = [int(a) for a in bundle.inference.get("mirror_axes", MIRROR_AXES)]
+    subsets = [s for k in range(len(axes) + 1) for s in itertools.combinations(axes, k)]
+    count = min(MIRROR_PASSES, len(subsets)) if passes is None else passes
+    if not 1 <= count <= len(subsets):
+        raise InputError(
+            f"{bundle.path}: {count} mirrored passes asked for; this model mirrors along axes {axes} "
+            f"(its card's inference.mirror_axes), which gives 1 to {len(subsets)} passes"
+        )
+    return [tuple(2 + a for a in s) for s in subsets[:count]]
+
+
 @dataclass
 class GatePass:
     """What the gate saw in every window of one volume."""
@@ -82,7 +102,7 @@ class _Engine:
         dtype: torch.dtype,
         batch: int,
         reporter: Reporter,
-        mirror: bool = True,
+        flips: list[tuple[int, ...]],
     ):
         self.bundle = bundle
         self.net = bundle.net.to(device)
@@ -92,11 +112,10 @@ class _Engine:
         self.reporter = reporter
         self.roi = tuple(int(r) for r in bundle.inference["patch_size"])
         self.overlap = float(bundle.inference["overlap"])
-        axes = bundle.inference.get("mirror_axes", MIRROR_AXES) if mirror else ()
-        self.flips: list[tuple[int, ...]] = [(), *((2 + int(a),) for a in axes)]
+        self.flips = flips
 
     def gate_pass(self, x: torch.Tensor) -> GatePass:
-        """Per-window site probabilities, signatures and foreground weights over the whole volume."""
+        """Per-window site probabilities, signatures and foreground weights over the (cropped) volume."""
         padded = pad_to_roi(x, self.roi)
         slices = window_slices(padded.shape[2:], self.roi, self.overlap)
         probs, vectors, weights = [], [], []
@@ -137,9 +156,9 @@ class _Engine:
     def segment_pass(self, x: torch.Tensor, site_weights: torch.Tensor, total: int) -> torch.Tensor:
         """Stitched class scores (1, K, x, y, z) in float32 on the CPU; their softmax is the class probability.
 
-        With test-time mirroring the volume is also segmented flipped along each axis the
-        training augmentation flipped, and the probabilities are averaged (as nnU-Net does):
-        a flip costs one more pass and smooths out orientation-specific mistakes on small
+        With test-time mirroring the volume is also segmented flipped (`mirror_flips`: along
+        axes the training augmentation flipped), and the probabilities are averaged (as nnU-Net
+        does): a flip costs one more pass and smooths out orientation-specific mistakes on small
         lesions. The log of the mean probability keeps the contract: softmax gives it back,
         and a class no pass gives any probability (a new label at an old site) stays at 0.
         """
@@ -178,25 +197,26 @@ class _Engine:
         return torch.log(mean / passes)
 
 
-def _gate_map(
-    decision: GateDecision,
-    weights: np.ndarray,
-    slices: list[tuple[slice, ...]],
-    padded: tuple[int, ...],
-    shape: tuple[int, ...],
-) -> np.ndarray:
-    """Most likely site per voxel (1-based site index) from the windows covering it."""
-    acc = np.zeros((len(decision.sites), *padded), dtype=np.float32)
-    for p, w, s in zip(decision.window_probabilities, weights, slices):
+def _gate_map(decision: GateDecision, passed: GatePass, box: Box) -> np.ndarray:
+    """Most likely site per model-space voxel (1-based site index) from the windows covering it.
+
+    No window runs outside the box: there the map holds the case's own choice, the site whose
+    weights segmented every window (an uncropped run gave those voxels the gate's reading of
+    empty windows, each voting with a weight of 0.001), so every voxel still names a site.
+    """
+    acc = np.zeros((len(decision.sites), *passed.padded), dtype=np.float32)
+    for p, w, s in zip(decision.window_probabilities, passed.weights, passed.slices):
         acc[(slice(None), *s)] += (p * (w + 1e-3))[:, None, None, None].astype(np.float32)
-    offsets = [(pd - sh) // 2 for pd, sh in zip(padded, shape)]
-    crop = tuple(slice(o, o + n) for o, n in zip(offsets, shape))
-    return (acc[(slice(None), *crop)].argmax(0) + 1).astype(np.uint8)
+    offsets = [(pd - sh) // 2 for pd, sh in zip(passed.padded, box.size)]
+    inner = tuple(slice(o, o + n) for o, n in zip(offsets, box.size))
+    sites = (acc[(slice(None), *inner)].argmax(0) + 1).astype(np.uint8)
+    return box.paste(sites, int(np.argmax(decision.probabilities)) + 1)
 
 
 def _run(
-    engine: _Engine, x: torch.Tensor, site: str, want_gate_map: bool
+    engine: _Engine, x: torch.Tensor, box: Box, site: str, want_gate_map: bool
 ) -> tuple[GateDecision, torch.Tensor, np.ndarray | None, int, dict[str, float]]:
+    """Both passes over `x`, the (1, C, *box.size) box of the case: the decision, its class scores, the gate map."""
     bundle = engine.bundle
     threshold = float(bundle.inference.get("familiar_entropy", 0.5))
     seconds: dict[str, float] = {}
@@ -207,7 +227,7 @@ def _run(
             passed = engine.gate_pass(x)
             decision = engine.decide(passed, threshold, site)
             if want_gate_map:
-                gate_map = _gate_map(decision, passed.weights, passed.slices, passed.padded, tuple(x.shape[2:]))
+                gate_map = _gate_map(decision, passed, box)
             total = len(passed.slices)
         else:
             decision = given_site(bundle.site_names, site, threshold)
@@ -229,22 +249,28 @@ def segment_volumes(
     precision: str = "auto",
     want_probabilities: bool = False,
     want_gate_map: bool = False,
-    mirror: bool = True,
+    passes: int | None = None,
     reporter: Reporter | None = None,
 ) -> SegmentationResult:
     """Segment one case given as SimpleITK images (one per model channel, same grid).
 
-    `mirror=False` skips the card's test-time mirroring: one segmentation pass instead of
-    one per mirrored axis, for speed (training validation, large benchmark tables).
+    `passes` is the number of test-time mirroring passes (`mirror_flips`; None: the default);
+    1 skips mirroring, for speed (training validation, large benchmark tables). Both passes
+    run on the case's foreground box only (`inference/crop.py`); outside it every voxel is
+    background with probability 1.
     """
     reporter = reporter or SilentReporter()
     device = device or torch.device("cpu")
     check_site(bundle, site)
     if want_gate_map and site != "auto":
         raise InputError("--gate-map shows the gate's choice of site, which --site replaces")
+    flips = mirror_flips(bundle, passes)
     t0 = time.perf_counter()
     space = ModelSpace.for_image(images[0], bundle.preprocessing)
-    x = model_input(space, images, bundle.preprocessing, bundle.channel_names).unsqueeze(0)
+    raw = model_channels(space, images, bundle.preprocessing, bundle.channel_names)
+    roi = [int(r) for r in bundle.inference["patch_size"]]
+    box = foreground_box(raw, roi, float(bundle.inference["overlap"]))
+    x = box.take(normalize(raw, bundle.preprocessing["intensity"])).unsqueeze(0)
     prep = time.perf_counter() - t0
     batch = int(bundle.inference.get("batch_size", 1))
     attempts = [(device, batch)]
@@ -253,9 +279,9 @@ def segment_volumes(
         attempts += [(torch.device("cpu"), 1)]
     for i, (dev, size) in enumerate(attempts):
         dtype = resolve_precision(precision if dev == device else "auto", dev, bundle.config.backbone)
-        engine = _Engine(bundle, dev, dtype, size, reporter, mirror)
+        engine = _Engine(bundle, dev, dtype, size, reporter, flips)
         try:
-            decision, scores, gate_map, total, seconds = _run(engine, x, site, want_gate_map)
+            decision, scores, gate_map, total, seconds = _run(engine, x, box, site, want_gate_map)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -270,13 +296,14 @@ def segment_volumes(
     probabilities = None
     if space.resampled:
         probs = torch.softmax(scores[0], dim=0).numpy()
-        labels = space.array_to_input(values[_argmax_on_input(space, probs)])
+        labels = space.array_to_input(values[_argmax_on_input(space, box, probs)])
         if want_probabilities:
-            probabilities = space.to_input(probs.transpose(1, 2, 3, 0), sitk.sitkLinear)
+            probabilities = space.to_input(_on_grid(box, probs).transpose(1, 2, 3, 0), sitk.sitkLinear)
     else:
-        labels = space.to_input(values[_argmax_small(scores[0])])
+        labels = space.to_input(values[box.paste(_argmax_small(scores[0]), 0)])
         if want_probabilities:
-            probabilities = space.to_input(torch.softmax(scores[0], dim=0).permute(1, 2, 3, 0).numpy())
+            probs = torch.softmax(scores[0], dim=0).numpy()
+            probabilities = space.to_input(_on_grid(box, probs).transpose(1, 2, 3, 0))
     gate_img = space.to_input(gate_map) if gate_map is not None else None
     seconds["postprocess"] = time.perf_counter() - t
     return SegmentationResult(
@@ -292,8 +319,18 @@ def segment_volumes(
     )
 
 
-def _argmax_on_input(space: ModelSpace, probs: np.ndarray) -> np.ndarray:
-    """The most likely class of each input voxel, from (C, x, y, z) model-space probabilities, one class at a time.
+def _on_grid(box: Box, probs: np.ndarray) -> np.ndarray:
+    """(C, x, y, z) class probabilities of the box on the whole model grid: certain background outside it."""
+    if box.whole:
+        return probs
+    out = np.zeros((probs.shape[0], *box.shape), probs.dtype)
+    out[0] = 1.0
+    out[(slice(None), *box.slices)] = probs
+    return out
+
+
+def _argmax_on_input(space: ModelSpace, box: Box, probs: np.ndarray) -> np.ndarray:
+    """The most likely class of each input voxel, from (C, *box.size) model-space probabilities, one class at a time.
 
     Why one at a time: resampling every class at once holds a C-component float image and an
     int64 argmax at input resolution (about 20 bytes per input voxel for three classes); this
@@ -303,7 +340,7 @@ def _argmax_on_input(space: ModelSpace, probs: np.ndarray) -> np.ndarray:
     best: np.ndarray | None = None
     arg = np.zeros(0, np.uint8)
     for c in range(probs.shape[0]):
-        image = space.to_input(probs[c], sitk.sitkLinear)
+        image = space.to_input(box.paste(probs[c], float(c == 0)), sitk.sitkLinear)
         p = sitk.GetArrayViewFromImage(image)
         if best is None:
             best, arg = p.copy(), np.zeros(p.shape, np.uint8)

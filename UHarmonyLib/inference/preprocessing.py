@@ -141,6 +141,27 @@ def _tensor(out: torch.Tensor | np.ndarray) -> torch.Tensor:
     return out
 
 
+def model_channels(
+    space: ModelSpace,
+    images: Sequence[sitk.Image],
+    preprocessing: dict[str, Any],
+    channels: Sequence[str],
+    where: str = "case",
+) -> np.ndarray:
+    """The (C, x, y, z) channels before normalization: harmonized (if the card says so), on the model grid.
+
+    Training cases and `uharmony segment` both come through here, so a card's stored
+    harmonization is repeated exactly. It runs on the input grid, before any resampling,
+    so `uharmony harmonize` of a file and then segmenting it gives the same input. Cards
+    without `harmonize` (all bundles before it existed) skip the step. Harmonization keeps
+    exact zeros at 0, so the engine decides its crop (`inference/crop.py`) on this array.
+    """
+    params = preprocessing.get("harmonize")
+    if params is not None:
+        images = image_harmonization.apply_channels(images, params, channels, where)
+    return stack_channels(space, images)
+
+
 def model_input(
     space: ModelSpace,
     images: Sequence[sitk.Image],
@@ -148,14 +169,5 @@ def model_input(
     channels: Sequence[str],
     where: str = "case",
 ) -> torch.Tensor:
-    """The (C, x, y, z) network input: harmonize (if the card says so), move to the model grid, normalize.
-
-    Training cases and `uharmony segment` both come through here, so a card's stored
-    harmonization is repeated exactly. It runs on the input grid, before any resampling,
-    so `uharmony harmonize` of a file and then segmenting it gives the same input. Cards
-    without `harmonize` (all bundles before it existed) skip the step.
-    """
-    params = preprocessing.get("harmonize")
-    if params is not None:
-        images = image_harmonization.apply_channels(images, params, channels, where)
-    return normalize(stack_channels(space, images), preprocessing["intensity"])
+    """The (C, x, y, z) network input: `model_channels`, then intensity normalization."""
+    return normalize(model_channels(space, images, preprocessing, channels, where), preprocessing["intensity"])

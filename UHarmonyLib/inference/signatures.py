@@ -1,7 +1,9 @@
 """Scanner signatures of a case's inference windows, and a signature bank built from them.
 
 Training, add-site and federated sites build their bundle's bank with the same windows
-the engine's gate pass uses, so a case at inference is measured the way the bank was.
+the engine's gate pass uses (over the same foreground box), so a case at inference is
+measured the way the bank was. Their images are normalized already; training's z-score
+over non-zero voxels keeps the background at exactly 0, so their box is the raw one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from UHarmonyLib.inference.crop import foreground_box
 from UHarmonyLib.inference.windows import pad_to_roi, window_slices
 from UHarmonyLib.model.signature_bank import SignatureBank
 from UHarmonyLib.nn.gate_network import DomainGate
@@ -20,7 +23,7 @@ def window_vectors(
     gate: DomainGate, image: torch.Tensor, roi: tuple[int, ...], overlap: float, batch: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Signatures and foreground weights of the inference windows of one (C, *spatial) model-space image."""
-    padded = pad_to_roi(image[None], roi)
+    padded = pad_to_roi(foreground_box(image, roi, overlap).take(image)[None], roi)
     slices = window_slices(padded.shape[2:], roi, overlap)
     vecs, weights = [], []
     for start in range(0, len(slices), batch):

@@ -18,7 +18,20 @@ def pad_to_roi(x: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
     return F.pad(x, pads) if any(pads) else x
 
 
+def scan_interval(size: int, roi: int, overlap: float) -> int:
+    """MONAI's step between window starts along one axis of a (padded) `size`."""
+    return roi if roi == size else max(int(roi * (1 - overlap)), 1)
+
+
 def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
     """Window slices over a (padded) spatial shape, with MONAI's scan interval rule."""
-    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for s, r in zip(shape, roi)]
+    interval = [scan_interval(s, r, overlap) for s, r in zip(shape, roi)]
     return [tuple(s) for s in dense_patch_slices(list(shape), list(roi), interval)]
+
+
+def covered_length(length: int, roi: int, overlap: float) -> int:
+    """The longest axis that needs no more windows than `length` does: whole steps from the first window."""
+    if length <= roi:
+        return roi
+    step = scan_interval(length, roi, overlap)
+    return -(-(length - roi) // step) * step + roi

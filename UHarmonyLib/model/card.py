@@ -38,6 +38,10 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 # indifferent to them and inference may average over mirrored copies (test-time mirroring).
 # A card lists its own; a card without the key predates it and was trained with all three.
 MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
+# Test-time mirroring passes when none are asked for (`inference.engine.mirror_flips`): the single flips the
+# engine always ran. benchmarks/inference.py's "passes" section weighs 1, 2, 4 and 8 passes (Dice against
+# seconds per case) and chooses by a declared rule; docs/RESULTS.md says whether this default matches it.
+MIRROR_PASSES = 4
 DEFAULT_INFERENCE: dict[str, Any] = {
     "patch_size": [96, 96, 96],
     "overlap": 0.5,
