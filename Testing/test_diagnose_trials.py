@@ -15,6 +15,7 @@ from conftest import assert_one_line_error, run_main
 from UHarmonyLib.data.plan import plan_training
 from UHarmonyLib.diagnose.trials import (
     INCONCLUSIVE,
+    LABELS,
     MIN_STEPS,
     PLAIN_ENOUGH,
     STRATEGIES,
@@ -69,7 +70,7 @@ def test_a_clear_winner_is_advised_with_the_sites_that_drive_it() -> None:
 
 def test_nothing_beats_plain_training() -> None:
     result = advise(_rows({"harmonized": -0.05, "uharmony": -0.02}, noise=0.005), margin=0.01)
-    assert result["choice"] == "plain" and result["advice"] == PLAIN_ENOUGH
+    assert result["choice"] == result["leaning"] == "plain" and result["advice"] == PLAIN_ENOUGH
     assert all(c["high"] < 0.01 for c in result["comparisons"])
     assert "the best: U-Harmony on harmonized data" in result["reason"]
 
@@ -79,6 +80,9 @@ def test_a_noisy_difference_is_inconclusive_and_says_what_would_settle_it() -> N
     assert result["choice"] is None and result["advice"] == INCONCLUSIVE
     settle = re.search(r"about (\d+) paired held-out cases instead of 20", result["reason"])
     assert settle is not None and int(settle.group(1)) > 20, result["reason"]
+    gains = {c["strategy"]: c["mean"] for c in result["comparisons"]}
+    assert result["leaning"] == max(gains, key=lambda s: gains[s]) and gains[result["leaning"]] > 0
+    assert result["reason"].endswith(f"if you must choose now, the highest mean gain is {LABELS[result['leaning']]}'s")
 
 
 def test_cases_without_a_dice_are_left_out_and_an_all_empty_comparison_decides_nothing() -> None:

@@ -267,8 +267,14 @@ def advise(
             f"{learning['high']:+.3f}) from {learning['half_steps']} to {learning['steps']} steps, so the strategies' "
             f"order may still change{full_length}; at this length: {reason}"
         )
+    gains = [c for c in defined if c["mean"] > 0]
+    leaning = max(gains, key=lambda c: c["mean"])["strategy"] if gains else BASELINE
+    if choice is None and best is not None:  # the bolder reading, measured in docs/harmonization.md
+        bet = f"the highest mean gain is {names[leaning]}'s" if gains else "no strategy gains over plain on average"
+        reason += f"; if you must choose now, {bet}"
     return {
         "choice": choice,
+        "leaning": leaning,
         "advice": advice,
         "reason": reason,
         "margin": margin,
