@@ -79,11 +79,14 @@ def test_expected_seconds_are_kept_per_device_and_shown(tiny_bundle: Path, tmp_p
     copy = _copy(tiny_bundle, tmp_path)
     assert expected_time_text(read_card(copy)).count("not measured") == 3
     set_expected_seconds(copy, "cpu", FIGURES)
-    set_expected_seconds(copy, "cuda", {**FIGURES, "seconds": 1.2, "machine": "NVIDIA H100"})
+    set_expected_seconds(copy, "cuda", {**FIGURES, "seconds": 4.8, "no_mirror_seconds": 1.2, "machine": "NVIDIA H100"})
     card = read_card(copy)
     assert set(card["inference"]["expected_seconds"]) == {"cpu", "cuda"}
     text = expected_time_text(card)
-    assert "CPU about 10 s (4 s without mirroring; 14 s with process start), measured on 2 threads of Some CPU" in text
+    assert (
+        "CPU about 4 s (10 s with 4 mirrored passes, 14 s of them with process start), measured on 2 threads of "
+        "Some CPU" in text
+    )
     assert "NVIDIA GPU (CUDA) about 1 s" in text and "NVIDIA H100" in text and "Apple GPU (MPS) not measured" in text
     assert f"time per case: {text}" in run_main("models", "info", copy).stdout
 

@@ -141,7 +141,7 @@ def test_model_evidence_takes_no_mirror_and_reports_as_evaluate_does(
     assert run.code == 0, run.stderr
     events = _events(run.stdout)
     logs = [e["message"] for e in events if e["event"] == "log"]
-    assert any("4 cases from" in m and "without test-time mirroring (--no-mirror)" in m for m in logs), logs
+    assert any("4 cases from" in m and "one pass, without test-time mirroring" in m for m in logs), logs
     for stage in ("diagnose", "gated", "given"):
         assert [e["done"] for e in events if e["event"] == "progress" and e["stage"] == stage] == [1, 2, 3, 4]
     summary = _check_report(out)

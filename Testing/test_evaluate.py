@@ -248,6 +248,16 @@ def test_report_records_the_whole_command_and_its_summary_shares_its_name(
     assert any("without test-time mirroring" in e["message"] for e in logs)
 
 
+def test_mirror_passes_reach_the_scores(model: Path, dataset: Path, tmp_path: Path) -> None:
+    """--mirror-passes 2 segments every case twice (as is, and flipped left-right): the report says so."""
+    out = tmp_path / "eval-2.json"
+    run = _evaluate(model, dataset, out, "--mirror-passes", "2", "--progress", "json")
+    assert run.code == 0, run.stderr
+    assert _report(out)["passes"] == 2
+    logs = [json.loads(line) for line in run.stdout.splitlines() if '"log"' in line]
+    assert any("with test-time mirroring, 2 passes" in e["message"] for e in logs), logs
+
+
 # ---------------------------------------------------------------- refusals
 
 

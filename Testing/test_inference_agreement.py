@@ -40,3 +40,21 @@ def test_a_case_is_segmented_in_both_precisions_and_compared_on_its_grid(tmp_pat
     section = {"voxel": row["voxel"], "dice": 0.98, "case": "x", "goal": {"op": ">=", "value": 0.99, "met": False}}
     text = "\n".join(results_renderer("inference.json")({"bf16_agreement": {**section, "cases": [row, worst]}}))
     assert "(`bf16_agreement`, one pass each)" in text and "| synthetic clinic-a, 4 mm |" in text
+
+
+def test_the_headline_dice_agreement_is_the_sections_worst_case() -> None:
+    """inference.py's `dice_agreement` and its goal come from the bf16_agreement section; null until it is measured."""
+    import inference
+
+    timings = {"overhead_ratio": 1.1, "vs_monai_ratio": 0.3, "details": {}, "goals": {"overhead_ratio": {"met": True}}}
+    missing = inference.with_agreement_headline(timings)
+    assert missing["dice_agreement"] is None and missing["goals"]["dice_agreement"]["met"] is False
+    assert list(missing)[:3] == ["overhead_ratio", "vs_monai_ratio", "dice_agreement"]
+    for dice, met in ((0.985, False), (0.996, True)):
+        doc = inference.with_agreement_headline({**timings, "bf16_agreement": {"dice": dice}})
+        assert doc["dice_agreement"] == dice and doc["goals"]["dice_agreement"] == {
+            "op": ">=",
+            "value": 0.99,
+            "met": met,
+        }
+        assert doc["goals"]["overhead_ratio"] == {"met": True} and doc["bf16_agreement"] == {"dice": dice}

@@ -139,12 +139,12 @@ def test_slicers_segment_and_add_site_arguments_parse_with_the_engines_parsers(t
     model = read_model(REPO / "Resources" / "Models" / DEFAULT_MODEL_NAME)
     inputs = [tmp_path / "flair image.nrrd", tmp_path / "t1.nrrd", "-", tmp_path / "t2.nrrd"]  # no contrast agent
     out, gate_map = tmp_path / "l.nrrd", tmp_path / "g.seg.nrrd"
-    argv = segment_arguments(model, inputs, out, "hospital-1.5t-old", "cpu", False, gate_map)
+    argv = segment_arguments(model, inputs, out, "hospital-1.5t-old", "cpu", True, gate_map)
     args = build_parser().parse_args(["segment", *argv, "--progress", "json"])
     assert (args.model, args.channels, args.out) == (model.path, [Path(p) for p in inputs], out)
-    assert (args.site, args.device, args.no_mirror, args.gate_map) == ("hospital-1.5t-old", "cpu", True, gate_map)
+    assert (args.site, args.device, args.mirror_passes, args.gate_map) == ("hospital-1.5t-old", "cpu", 4, gate_map)
     plain = build_parser().parse_args(["segment", *segment_arguments(model, inputs, out, "auto", "auto")])
-    assert (plain.site, plain.device, plain.no_mirror, plain.gate_map) == ("auto", "auto", False, None)
+    assert (plain.site, plain.device, plain.mirror_passes, plain.gate_map) == ("auto", "auto", None, None)
     argv = add_site_arguments(model, tmp_path / "dataset.json", "clinic", tmp_path / "m-v2", 40, "cuda")
     args = build_parser().parse_args(["add-site", *argv])
     assert (args.model, args.data, args.out) == (model.path, tmp_path / "dataset.json", tmp_path / "m-v2")

@@ -45,7 +45,20 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_json_stream_real_process(case: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     """A real `python -m UHarmonyLib segment --progress json` prints only JSON events, ending in the result."""
     out = tmp_path / "seg.seg.nrrd"
-    run = run_subprocess("segment", "--model", tiny_bundle, case, "--out", out, "--progress", "json", "--device", "cpu")
+    run = run_subprocess(
+        "segment",
+        "--model",
+        tiny_bundle,
+        case,
+        "--out",
+        out,
+        "--progress",
+        "json",
+        "--device",
+        "cpu",
+        "--mirror-passes",
+        "4",
+    )
     assert run.code == 0, run.stderr
     assert run.stderr == ""
     events = _events(run)
@@ -54,7 +67,7 @@ def test_json_stream_real_process(case: Path, tiny_bundle: Path, tmp_path: Path)
     assert not any(e["event"] == "error" for e in events)
     result = events[-1]
     assert result["windows"] > 1
-    assert result["passes"] == 4  # the card's default mirroring: as is, then flipped along each of 3 axes
+    assert result["passes"] == 4  # as is, then flipped along each of 3 axes
     _check_progress(events, {"gate": result["windows"], "segment": result["windows"] * 4})
     assert result["outputs"] == {"segmentation": str(out)}
     assert result["gate"]["windows"] == result["windows"]

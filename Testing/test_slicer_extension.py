@@ -137,7 +137,8 @@ def test_bundled_and_user_models_are_discovered(tmp_path: Path) -> None:
                  "Grid: 2 x 2 x 2 mm; windows of 64 x 64 x 64 voxels",
                  "Checked when trained: whole-lesion Dice 0.856 on 12 held-out cases, gate accuracy 1.0",
                  "1 lesion core (SNOMED CT 108369006 Neoplasm), 2 edema (SNOMED CT 79654002 Edema)",
-                 "Time per case: CPU about 10 s (4 s without mirroring", "NVIDIA GPU (CUDA) not measured"):  # fmt: skip
+                 "Time per case: CPU about 4 s (10 s with 4 mirrored passes",
+                 "NVIDIA GPU (CUDA) not measured"):  # fmt: skip
         assert part in summary, summary
     assert not models[2].usable and "not valid JSON" in models[2].problem
     assert "cannot be used" in models[2].summary() and "(unusable)" in models[2].display_name

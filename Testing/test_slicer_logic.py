@@ -45,6 +45,7 @@ from UHarmonySlicerLib.volumes import import_segmentation
 from vtk.util import numpy_support
 
 from UHarmonyLib.model.weights import make_card, save_bundle
+from UHarmonyLib.options import MIRRORED_PASSES
 from UHarmonyLib.resources import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 from UHarmonyLib.training import TrainConfig, train
 
@@ -159,7 +160,7 @@ def test_segment_end_to_end(scene, two_channel_model, case) -> None:
     # progress followed the real window counts of both passes
     progress = [e for e in events if e["event"] == "progress"]
     last = {e["stage"]: e for e in progress}
-    assert payload["passes"] == 4  # test-time mirroring is on unless the panel's box is unticked
+    assert payload["passes"] == 1  # one pass unless the panel's mirroring box is ticked
     assert last["segment"]["done"] == last["segment"]["total"] == payload["windows"] * payload["passes"]
     assert last["gate"]["total"] == payload["gate"]["windows"]
     assert job.temp is not None and not job.temp.exists()
@@ -224,13 +225,13 @@ def test_apply_again_updates_the_chosen_output_instead_of_adding_nodes(scene, mo
     assert second.segmentation.GetSegmentation().GetNumberOfSegments() == len(LABELS)
 
 
-def test_unticked_mirroring_runs_one_pass(scene, model, case) -> None:
-    """The panel's mirroring box reaches the engine: one segmentation pass, progress counting the windows once."""
+def test_ticked_mirroring_runs_the_single_flips(scene, model, case) -> None:
+    """The panel's mirroring box reaches the engine: 4 segmentation passes, progress counting the windows 4 times."""
     events: list[dict] = []
-    payload = segment_job(scene, model, [case], device="cpu", mirror=False, on_event=events.append).run(TIMEOUT).payload
-    assert payload["passes"] == 1
+    payload = segment_job(scene, model, [case], device="cpu", mirror=True, on_event=events.append).run(TIMEOUT).payload
+    assert payload["passes"] == MIRRORED_PASSES == 4
     segment = [e for e in events if e["event"] == "progress" and e["stage"] == "segment"]
-    assert segment[-1]["total"] == payload["windows"]
+    assert segment[-1]["done"] == segment[-1]["total"] == payload["windows"] * MIRRORED_PASSES
 
 
 # ---------------------------------------------------------------- add a site

@@ -155,6 +155,9 @@ def test_sample_through_segment_gate_edit_add_site_and_export(server, browser, t
     shoot(page, shots, "01-sample")
 
     # 2. live progress and cancel: the running button reads Cancel; cancelling leaves no result
+    # (mirroring ticked: four passes leave time to cancel)
+    assert not page.is_checked("#mirror")  # one pass unless asked
+    page.check("#mirror")
     page.click("#segment")
     page.wait_for_function(
         "Number(document.querySelector('#segment-progress').dataset.done) > 0", timeout=STEP_TIMEOUT_MS
@@ -166,7 +169,7 @@ def test_sample_through_segment_gate_edit_add_site_and_export(server, browser, t
     assert page.inner_text("#segment").strip().lower() == "segment"
     assert page.query_selector_all("#gate .gate-bar") == []
 
-    # 3. segment (no mirroring: one pass); the gate's numbers on the page are the engine's
+    # 3. segment (mirroring unticked: one pass); the gate's numbers on the page are the engine's
     page.uncheck("#mirror")
     page.click("#segment")
     page.wait_for_selector("#gate .gate-bar", timeout=STEP_TIMEOUT_MS)

@@ -110,7 +110,7 @@ class UHarmonySlicerParameterNode:
     channelVolumes: list[Optional[vtkMRMLScalarVolumeNode]]  # noqa: UP045
     site: str = "auto"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    mirror: bool = True
+    mirror: bool = False
     outputSegmentation: vtkMRMLSegmentationNode  # None: Apply adds a new one (then chooses it)
     show3D: bool = False
     gateSegmentation: vtkMRMLSegmentationNode

@@ -88,7 +88,7 @@ def _truth(train: Path, test: Path, strategy: str, steps: int, work: Path, setti
         train_run(settings.config(train, out, strategy, 0, steps))
     bundle = load_bundle(out)
     mapped = map_dataset(bundle, test, "given")
-    rows, _ = score_cases(bundle, mapped, "given", torch.device("cpu"), SilentReporter(), mirror=False)
+    rows, _ = score_cases(bundle, mapped, "given", torch.device("cpu"), SilentReporter(), passes=1)
     sites = sorted({r["site"] for r in rows})
     return mean_defined([mean_defined([r["dice"].get(WHOLE) for r in rows if r["site"] == s]) for s in sites])
 

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any
 from UHarmonyLib.commands.evaluate import full_command
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_creatable, check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, defaults, field_options
+from UHarmonyLib.options import (
+    DEVICE,
+    MIRROR_PASSES,
+    NO_MIRROR,
+    PROGRESS,
+    Option,
+    Verbs,
+    add_command,
+    defaults,
+    field_options,
+)
 from UHarmonyLib.progress import JsonReporter, Reporter
 from UHarmonyLib.training.config import DEFAULT_STEPS, TrainConfig
 
@@ -77,6 +87,7 @@ OPTIONS = [
     *TRIAL_OPTIONS,
     DEVICE,
     NO_MIRROR,
+    MIRROR_PASSES,
     PROGRESS,
 ]
 
@@ -173,6 +184,7 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     start = time.perf_counter()
     check_out(args.out)
     trials = trial_settings(args)
+    passes = 1 if args.no_mirror else args.mirror_passes
     peers = [read_summary(path) for path in args.peer_summaries or []]
     if trials is not None:
         from UHarmonyLib.diagnose.trials import trial_plan
@@ -182,16 +194,18 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     if args.model is not None:
         from UHarmonyLib.diagnose.model import map_for_model
         from UHarmonyLib.inference.device import resolve_device
+        from UHarmonyLib.inference.engine import mirror_flips
         from UHarmonyLib.model.weights import load_bundle
 
         device = resolve_device(args.device)
         bundle = load_bundle(args.model)
+        mirror_flips(bundle, passes)  # refuses more passes than the card's axes give, before any work
         model = (bundle, map_for_model(bundle, args.data), device)
     summary, cases = diagnose_dataset(args.data, reporter, peers)
     if model is not None:
         from UHarmonyLib.diagnose.model import model_evidence
 
-        summary["model"] = model_evidence(*model, reporter, mirror=not args.no_mirror)
+        summary["model"] = model_evidence(*model, reporter, passes)
     if trials is not None:
         from UHarmonyLib.diagnose.trials import run_trials
 

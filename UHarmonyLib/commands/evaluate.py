@@ -13,7 +13,17 @@ from UHarmonyLib import __version__
 from UHarmonyLib.data.labels import WHOLE_LABEL as WHOLE
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, NO_MIRROR, PROGRESS, Option, Verbs, add_command, to_argv, values_of
+from UHarmonyLib.options import (
+    DEVICE,
+    MIRROR_PASSES,
+    NO_MIRROR,
+    PROGRESS,
+    Option,
+    Verbs,
+    add_command,
+    to_argv,
+    values_of,
+)
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 OPTIONS = [
@@ -29,6 +39,7 @@ OPTIONS = [
     Option("--site", default="auto", choices=("auto", "given"), help="auto: the gate; given: each case's site"),
     DEVICE,
     NO_MIRROR,
+    MIRROR_PASSES,
     PROGRESS,
 ]
 
@@ -162,8 +173,9 @@ def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     mapped = map_dataset(bundle, args.data, args.site)
     if args.out.resolve() == mapped.file:
         raise InputError(f"{args.out}: the report would overwrite the dataset file")
-    reporter.log(describe_run(bundle, mapped, device, mirror=not args.no_mirror))
-    body = evaluate_dataset(bundle, mapped, args.site, device, reporter, mirror=not args.no_mirror)
+    passes = 1 if args.no_mirror else args.mirror_passes
+    reporter.log(describe_run(bundle, mapped, device, passes))
+    body = evaluate_dataset(bundle, mapped, args.site, device, reporter, passes)
     report = {
         "model": {"name": bundle.card["name"], "version": bundle.card["version"], "path": str(bundle.path.resolve())},
         "command": full_command("evaluate", OPTIONS, args),

@@ -30,7 +30,7 @@ def map_for_model(bundle: Bundle, data: Path) -> MappedDataset:
 
 
 def model_evidence(
-    bundle: Bundle, mapped: MappedDataset, device: torch.device, reporter: Reporter, mirror: bool = True
+    bundle: Bundle, mapped: MappedDataset, device: torch.device, reporter: Reporter, passes: int | None = None
 ) -> dict[str, Any]:
     """Per site: cases, gate accuracy, whole-lesion Dice gated and given; overall gate accuracy and notes.
 
@@ -42,14 +42,14 @@ def model_evidence(
     subset = dataclasses.replace(
         mapped, cases=[mapped.cases[i] for i in known], groups=[mapped.groups[i] for i in known]
     )
-    reporter.log(describe_run(bundle, mapped, device, mirror))
+    reporter.log(describe_run(bundle, mapped, device, passes))
     run: dict[str, Any] = {"device": str(device), "precision": "", "passes": 1}
     gated: list[dict[str, Any]] = []
     given: list[dict[str, Any]] = []
     if gated_ok:
-        gated, run = score_cases(bundle, mapped, "auto", device, reporter, mirror, stage="gated")
+        gated, run = score_cases(bundle, mapped, "auto", device, reporter, passes, stage="gated")
     if known:
-        given, run = score_cases(bundle, subset, "given", device, reporter, mirror, stage="given")
+        given, run = score_cases(bundle, subset, "given", device, reporter, passes, stage="given")
     sites: dict[str, dict[str, Any]] = {}
     for s in mapped.plan.sites:
         rows = [r for r in gated if r["site"] == s.name]

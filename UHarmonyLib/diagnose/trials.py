@@ -376,7 +376,7 @@ def _trial(
     held = dataclasses.replace(
         mapped, cases=[mapped.cases[i] for i in fold.held], groups=[mapped.groups[i] for i in fold.held]
     )
-    scored, _ = score_cases(bundle, held, "given", device, SilentReporter(), mirror=False)
+    scored, _ = score_cases(bundle, held, "given", device, SilentReporter(), passes=1)
     shutil.rmtree(out)
     rows = [
         {

@@ -26,7 +26,7 @@ from UHarmonyLib.data.datasets import read_dataset_json
 from UHarmonyLib.data.plan import Plan, PlannedCase, plan_training
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.evaluation.scoring import WHOLE, lesion_scores, mean_defined, score_case
-from UHarmonyLib.inference.engine import segment_volumes
+from UHarmonyLib.inference.engine import mirror_flips, segment_volumes
 from UHarmonyLib.inference.gate_decision import GateDecision
 from UHarmonyLib.model.weights import Bundle
 from UHarmonyLib.progress import Reporter
@@ -114,13 +114,13 @@ def _gate_fields(decision: GateDecision) -> dict[str, Any]:
     }
 
 
-def describe_run(bundle: Bundle, mapped: MappedDataset, device: torch.device, mirror: bool) -> str:
+def describe_run(bundle: Bundle, mapped: MappedDataset, device: torch.device, passes: int | None = None) -> str:
     """The log line before the cases are segmented: what runs on what, and whether it mirrors (the slow part)."""
-    mirroring = (
-        "with test-time mirroring (--no-mirror: one pass, faster)"
-        if mirror
-        else "without test-time mirroring (--no-mirror)"
-    )
+    count = len(mirror_flips(bundle, passes))
+    if count == 1:
+        mirroring = "one pass, without test-time mirroring" + (" (the default)" if passes is None else "")
+    else:
+        mirroring = f"with test-time mirroring, {count} passes (the default is one, {count} times faster)"
     return f"model {bundle.label_text}: {len(mapped.cases)} cases from {mapped.file}; device {device}, {mirroring}"
 
 
@@ -130,7 +130,7 @@ def score_cases(
     site_mode: str,
     device: torch.device,
     reporter: Reporter,
-    mirror: bool = True,
+    passes: int | None = None,
     stage: str = "evaluate",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Segment and score every case (one in memory at a time), one `stage` progress step per case.
@@ -147,7 +147,7 @@ def score_cases(
             loaded.images,
             site=site if site_mode == "given" else "auto",
             device=device,
-            passes=None if mirror else 1,
+            passes=passes,
         )
         pred = sitk.GetArrayViewFromImage(result.labels)
         scores = score_case(pred, groups, case.label_names, loaded.groups_zyx, result.labels.GetSpacing()[::-1])
@@ -206,10 +206,10 @@ def evaluate_dataset(
     site_mode: str,
     device: torch.device,
     reporter: Reporter,
-    mirror: bool = True,
+    passes: int | None = None,
 ) -> dict[str, Any]:
     """The report body: dataset, per-case rows, per-site summaries and the gate's confusion."""
-    rows, run = score_cases(bundle, mapped, site_mode, device, reporter, mirror)
+    rows, run = score_cases(bundle, mapped, site_mode, device, reporter, passes)
     dataset = mapped.plan.datasets[0]
     site_given = site_mode == "given"
     return {

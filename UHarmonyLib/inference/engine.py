@@ -351,12 +351,20 @@ def _argmax_on_input(space: ModelSpace, box: Box, probs: np.ndarray) -> np.ndarr
     return arg
 
 
-def _argmax_small(scores: torch.Tensor, slab: int = 16) -> np.ndarray:
-    """argmax over classes of (C, x, y, z) scores as uint8, a slab of x at a time (torch's argmax is int64)."""
-    out = np.empty(scores.shape[1:], np.uint8)
-    for start in range(0, scores.shape[1], slab):
-        out[start : start + slab] = scores[:, start : start + slab].argmax(0).numpy()
-    return out
+def _argmax_small(scores: torch.Tensor) -> np.ndarray:
+    """argmax over classes of (C, x, y, z) scores as uint8, one class at a time.
+
+    Why not torch's argmax: it reduces over the outermost dimension with strided reads and
+    returns int64 (a second of a 1 mm case's postprocessing); a running maximum reads each
+    class once and keeps a byte per voxel. Ties keep the first class, as argmax does.
+    """
+    best = scores[0].clone()
+    out = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        out.masked_fill_(better, c)
+        torch.maximum(best, scores[c], out=best)
+    return out.numpy()
 
 
 # peak memory above the process's fixed part per input voxel, measured by benchmarks/memory.py (docs/RESULTS.md):

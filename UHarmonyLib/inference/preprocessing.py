@@ -136,9 +136,10 @@ def normalize(channels: np.ndarray, intensity: dict[str, Any]) -> torch.Tensor:
 
 
 def _tensor(out: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """MONAI's array transforms return the type they were given: a tensor here."""
+    """A plain tensor: MONAI's transforms return a MetaTensor, whose per-operation metadata handling costs the
+    network's forward passes about a tenth of their time (benchmarks/inference.py's overhead_ratio)."""
     assert isinstance(out, torch.Tensor)
-    return out
+    return out.as_subclass(torch.Tensor)
 
 
 def model_channels(

@@ -23,6 +23,7 @@ from UHarmonyLib.image_harmonization import check_params
 from UHarmonyLib.model.card_schema import schema_problem
 from UHarmonyLib.model.pins import check_pin
 from UHarmonyLib.nn.config import NetworkConfig
+from UHarmonyLib.options import MIRRORED_PASSES
 
 FORMAT_VERSION = 1
 CARD_NAME = "model.json"
@@ -38,10 +39,12 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 # indifferent to them and inference may average over mirrored copies (test-time mirroring).
 # A card lists its own; a card without the key predates it and was trained with all three.
 MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
-# Test-time mirroring passes when none are asked for (`inference.engine.mirror_flips`): the single flips the
-# engine always ran. benchmarks/inference.py's "passes" section weighs 1, 2, 4 and 8 passes (Dice against
-# seconds per case) and chooses by a declared rule; docs/RESULTS.md says whether this default matches it.
-MIRROR_PASSES = 4
+# Test-time mirroring passes when none are asked for (`inference.engine.mirror_flips`). benchmarks/inference.py's
+# "passes" section weighs 1, 2, 4 and 8 passes (Dice against seconds per case) and chooses by a declared rule: on
+# the default model's development cases no count of passes beat one pass by 0.005 whole-lesion Dice with
+# confidence (4 passes: about half a Dice point on average, at 4.6 times the time), so one pass is the default.
+# docs/RESULTS.md says whether this default still matches the measured choice.
+MIRROR_PASSES = 1
 DEFAULT_INFERENCE: dict[str, Any] = {
     "patch_size": [96, 96, 96],
     "overlap": 0.5,
@@ -219,7 +222,8 @@ def expected_time_text(card: dict[str, Any]) -> str:
             continue
         where = f"{f.get('threads')} threads of {f.get('machine')}" if device == "cpu" else str(f.get("machine"))
         parts.append(
-            f"{name} about {f['seconds']:.0f} s ({f['no_mirror_seconds']:.0f} s without mirroring; "
-            f"{f['wall_seconds']:.0f} s with process start), measured on {where} for {f.get('case', 'one case')}"
+            f"{name} about {f['no_mirror_seconds']:.0f} s ({f['seconds']:.0f} s with {MIRRORED_PASSES} mirrored "
+            f"passes, {f['wall_seconds']:.0f} s of them with process start), measured on {where} for "
+            f"{f.get('case', 'one case')}"
         )
     return "; ".join(parts)

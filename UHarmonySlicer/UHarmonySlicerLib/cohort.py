@@ -123,7 +123,7 @@ def cohort_job(
     output_folder: Path | None = None,
     name: str = "UHarmony cohort",
     on_event: EventCallback | None = None,
-    mirror: bool = True,
+    mirror: bool = False,
 ) -> Job:
     """A job that segments every case and adds one results table at the end (a cancelled run adds nothing).
 

@@ -11,7 +11,7 @@ import slicer
 
 from UHarmonyLib.commands import segment as segment_command  # torch-free: the engine's segment options
 from UHarmonyLib.files.volumes import ABSENT  # the engine's marker of an absent channel
-from UHarmonyLib.options import to_argv
+from UHarmonyLib.options import MIRRORED_PASSES, to_argv
 from UHarmonySlicerLib.engine import EventCallback, Job, Outcome, Steps, engine_command
 from UHarmonySlicerLib.errors import InputRefused
 from UHarmonySlicerLib.gate_display import (
@@ -63,7 +63,7 @@ def segment_arguments(
     out: Path,
     site: str,
     device: str,
-    mirror: bool = True,
+    mirror: bool = False,
     gate_map: Path | None = None,
 ) -> list[str]:
     """The `uharmony segment` arguments for one case (the cohort run uses them too), from the engine's options."""
@@ -73,7 +73,7 @@ def segment_arguments(
         "out": out,
         "site": site,
         "device": device,
-        "no_mirror": not mirror,
+        "mirror_passes": MIRRORED_PASSES if mirror else None,
         "gate_map": gate_map,
     }
     return to_argv(segment_command.OPTIONS, values)
@@ -88,7 +88,7 @@ def segment_job(
     gate_map: bool = True,
     name: str = "",
     on_event: EventCallback | None = None,
-    mirror: bool = True,
+    mirror: bool = False,
     output: slicer.vtkMRMLSegmentationNode | None = None,
 ) -> Job:
     """A job that segments one case; refused inputs raise `InputRefused` here, before it starts.
