@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, run_main
 
 from UHarmonyLib.evaluation.scoring import WHOLE
+from UHarmonyLib.model.card import MIRROR_PASSES
 from UHarmonyLib.training import TrainConfig, train
 
 KEYS = (
@@ -49,6 +50,7 @@ def test_figures_script_writes_every_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     assert all(k in figures for k in KEYS) and figures["demo_seconds"] is None
+    assert figures["passes"] == MIRROR_PASSES == 1  # as users run it: the engine's default
     assert set(figures["dice_whole_lesion_seen"]) == SEEN and set(figures["dice_whole_lesion_unseen"]) == UNSEEN
     dice = [*figures["dice_whole_lesion_seen"].values(), *figures["dice_whole_lesion_unseen"].values()]
     assert all(0.0 <= d <= 1.0 for d in dice)

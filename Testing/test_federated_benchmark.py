@@ -15,6 +15,9 @@ from conftest import REPO, is_fraction, results_renderer
 
 from UHarmonyLib.evaluation.scoring import WHOLE
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import replicate_store
+
 PROTOCOL = json.loads((REPO / "benchmarks" / "protocol.json").read_text(encoding="utf-8"))
 ARMS = ["centralized_uharmony", "centralized_uharmony_wide", "federated_uharmony", "federated_fedavg",
         "federated_fedprox", "federated_fedbn", "local_only"]  # fmt: skip
@@ -38,8 +41,9 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
 @pytest.mark.slow  # a benchmark --quick run: eight trainings, four of them in Flower's simulation runtime
 def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "federated.json"
-    proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), "--local-steps-sweep", "1", "2",
-               timeout=900)  # fmt: skip
+    store = tmp_path / "store"
+    sweep_args = ["--local-steps-sweep", "1", "2", "--store", str(store)]
+    proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), *sweep_args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert doc["evaluation"] == "development" and doc["protocol"] == PROTOCOL and doc["replicates"] == {"protocols": 1}
@@ -94,3 +98,31 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     assert (tmp_path / doc["rounds_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = "\n".join(results_renderer("federated.json")(doc))
     assert all(f"`{a}`" in markdown for a in ARMS) and "Command:" in markdown and "federated_rounds.png" in markdown
+
+    # the finished replicate and the sweep's other run were stored: a run on a new machine (no work folder) trains
+    # nothing and gives the same figures and case records
+    assert sorted(p.name for p in store.iterdir()) == ["protocols-r0-local1.json", "protocols-r0.json"]
+    again = tmp_path / "again" / "federated.json"
+    again.parent.mkdir()
+    proc = run("--quick", "--work", str(tmp_path / "new-work"), "--out", str(again), *sweep_args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "protocols-r0: loaded from" in proc.stdout and " trained" not in proc.stdout
+    second = json.loads(again.read_text(encoding="utf-8"))
+    assert {k: second[k] for k in ("scenarios", "local_steps_sweep")} == {
+        k: doc[k] for k in ("scenarios", "local_steps_sweep")
+    }
+    assert json.loads((again.parent / doc["case_scores"]).read_text(encoding="utf-8")) == cases
+    assert not (tmp_path / "new-work" / "quick" / "data").exists()  # no case was drawn again
+
+
+def test_a_stored_replicate_of_other_settings_is_refused(tmp_path: Path) -> None:
+    """A replicate stored under another key is never mixed into a table: one line names the file and what differs."""
+    key = {"scenario": "protocols", "settings": {"rounds": 12}, "training_seed": 1}
+    replicate_store.save(tmp_path, "protocols-r0", key, {"scored": {}})
+    assert replicate_store.load(tmp_path, "protocols-r0", key) == {"scored": {}}
+    assert replicate_store.load(tmp_path, "protocols-r1", key) is None and replicate_store.load(None, "x", key) is None
+    with pytest.raises(SystemExit, match=r"protocols-r0.json: stored with other settings; delete it"):
+        replicate_store.load(tmp_path, "protocols-r0", {**key, "settings": {"rounds": 8}})
+    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"broken.json: not a stored replicate"):
+        replicate_store.load(tmp_path, "broken", key)

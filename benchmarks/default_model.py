@@ -8,7 +8,8 @@ dataset.json, which stores them resolved, channel names included) and from two M
 protocols the model never saw, with the locked protocol's seed (benchmarks/protocol.py):
 its first test seed only with `--final`, its first development seed otherwise; the model
 is trained elsewhere, so no training seed enters. Each case goes through the real engine
-with the gate driving (and the card's test-time mirroring, as users run it), and is
+with the gate driving and the engine's default passes (one since test-time mirroring
+stopped being the default; `passes` in the JSON says which), as users run it, and is
 scored by the project's rule: Dice and HD95 per label the site annotates and the whole
 lesion, and lesion-wise Dice. Absent channels are given to the model as all-zero volumes,
 as in training. Every case's record is saved beside the summary.
@@ -45,7 +46,7 @@ from UHarmonyLib.data.synth import SiteSpec
 from UHarmonyLib.evaluation.scoring import WHOLE, mean_defined
 from UHarmonyLib.files.atomic import write_text_atomic
 from UHarmonyLib.inference.engine import segment_volumes
-from UHarmonyLib.model.card import set_familiar_distance
+from UHarmonyLib.model.card import MIRROR_PASSES, set_familiar_distance
 from UHarmonyLib.model.weights import Bundle, load_bundle
 from UHarmonyLib.resources import default_model
 
@@ -88,7 +89,7 @@ def held_out_cases(
 
 
 def gated_record(bundle: Bundle, case: EvalCase) -> dict[str, Any]:
-    """One case through the engine as users run it (gate deciding, mirroring on): its protocol record."""
+    """One case through the engine as users run it (gate deciding, the default passes): its protocol record."""
     return case_record(bundle.path.name, 0, case, segment_volumes(bundle, case.images), given=False)
 
 
@@ -208,6 +209,7 @@ def main() -> int:
         "case_scores": cases.name,
         "spacing_mm": args.spacing,
         "torch_threads": torch.get_num_threads(),
+        "passes": MIRROR_PASSES,
         "command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.perf_counter() - start, 1),
     }

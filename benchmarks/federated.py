@@ -35,16 +35,19 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import replicate_store
 import torch
 from jobs import ScoreJob, run_all
 from protocol import Scored, compare, load_protocol, write_case_scores
+from replicate_store import scored_from_json, scored_to_json
 from reproduce import check_work, listing, synthesize
 
-from UHarmonyLib.data.plan import plan_training
+from UHarmonyLib.data.plan import Plan, plan_training
 from UHarmonyLib.data.spec import resolve_scenario
 from UHarmonyLib.evaluation.scoring import mean_defined
 from UHarmonyLib.federated.contract import Federation
@@ -102,20 +105,47 @@ class Replicate:
     """One scenario's replicate r: its data, its seeds and its folders."""
 
     def __init__(self, work: Path, scenario: str, r: int, s: Settings, final: bool) -> None:
-        self.scenario, self.r, self.s = scenario, r, s
+        self.scenario, self.r, self.s, self.final = scenario, r, s, final
         self.seed = PROTOCOL.replicate_seeds(r + 1)[r]
         self.test_seed = PROTOCOL.evaluation_seeds(final)[r]
         self.folder = work / scenario / f"r{r}"
-        spec = resolve_scenario(scenario)
-        self.sites = [x.name for x in spec.sites]
-        data = work / "data"
-        # Folders named by seed: a dataset of another replicate or of the other evaluation is never reused.
-        self.train = synthesize(data / f"{scenario}-train-{self.seed}", spec, self.seed, s.spacing, s.cases_per_site)
-        self.test = synthesize(
-            data / f"{scenario}-test-{self.test_seed}", spec, self.test_seed, s.spacing, s.test_cases_per_site
-        )
-        plan = plan_training([self.train], 0.0, 0)
-        self.channels, self.labels = ",".join(plan.channels), ",".join(plan.label_names)
+        self.data = work / "data"
+        self.spec = resolve_scenario(scenario)
+        self.sites = [x.name for x in self.spec.sites]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario}-r{self.r}"
+
+    def key(self) -> dict[str, Any]:
+        """What a stored copy of this replicate must have run under (benchmarks/replicate_store.py)."""
+        evaluation = "test" if self.final else "development"
+        return {"scenario": self.scenario, "settings": asdict(self.s), "evaluation": evaluation,
+                "training_seed": self.seed, "test_seed": self.test_seed}  # fmt: skip
+
+    # The cases are drawn when first needed (a stored replicate needs none). Folders are named by seed: a dataset
+    # of another replicate or of the other evaluation is never reused.
+    @cached_property
+    def train(self) -> Path:
+        return synthesize(self.data / f"{self.scenario}-train-{self.seed}", self.spec, self.seed, self.s.spacing,
+                          self.s.cases_per_site)  # fmt: skip
+
+    @cached_property
+    def test(self) -> Path:
+        return synthesize(self.data / f"{self.scenario}-test-{self.test_seed}", self.spec, self.test_seed,
+                          self.s.spacing, self.s.test_cases_per_site)  # fmt: skip
+
+    @cached_property
+    def plan(self) -> Plan:
+        return plan_training([self.train], 0.0, 0)
+
+    @property
+    def channels(self) -> str:
+        return ",".join(self.plan.channels)
+
+    @property
+    def labels(self) -> str:
+        return ",".join(self.plan.label_names)
 
     @property
     def site_steps(self) -> int:
@@ -239,8 +269,20 @@ def site_means(scored: Scored, sites: list[str]) -> dict[str, float | None]:
     return {x: mean_defined(by_site.get(x, [])) for x in sites}
 
 
-def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float) -> dict[str, Any]:
-    """Every arm of one replicate: trainings (in a pool), federations (Ray runs two sites at a time), scores."""
+def slim(federation: dict[str, Any]) -> dict[str, Any]:
+    """A federation's curves and contract without its bundles' paths (which a stored replicate does not keep)."""
+    return {**federation, "record": {"contract": federation["record"]["contract"]}}
+
+
+def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float, store: Path | None) -> dict[str, Any]:
+    """Every arm of one replicate: trainings (in a pool), federations (Ray runs two sites at a time), scores.
+
+    A replicate finished before (in `store`, under the same key) is loaded instead; a new one is stored.
+    """
+    kept = replicate_store.load(store, rep.name, rep.key())
+    if kept is not None:
+        log(f"{rep.name}: loaded from {store}", started)
+        return {"scored": {a: scored_from_json(x) for a, x in kept["scored"].items()}, "federations": kept["feds"]}
     todo = [j for j in rep.trainings() if not j.out.is_dir()]
     run_all(todo, jobs, lambda j, _r: log(f"{rep.scenario} r{rep.r} {j.out.name} trained", started))
     federations = {arm: federate(rep, arm, s, rep.folder / arm, started) for arm in FEDERATIONS}
@@ -248,7 +290,10 @@ def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float) -> dic
     scored = {arm: merged(results, arm, rep.r) for arm in ARMS}
     log(f"{rep.scenario} r{rep.r}: " + ", ".join(f"{a} {mean_defined(list(site_means(x, rep.sites).values()))}"
                                                   for a, x in scored.items()), started)  # fmt: skip
-    return {"scored": scored, "federations": federations}
+    feds = {arm: slim(f) for arm, f in federations.items()}
+    payload = {"scored": {a: scored_to_json(x) for a, x in scored.items()}, "feds": feds}
+    replicate_store.save(store, rep.name, rep.key(), payload)
+    return {"scored": scored, "federations": feds}
 
 
 def mean_of(values: list[float | None]) -> float | None:
@@ -328,14 +373,21 @@ def goal(versus: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def sweep_rows(rep: Replicate, s: Settings, sweep: list[int], main: dict[str, Any], started: float) -> list[dict]:
-    """Federated U-Harmony at each number of local steps, rounds x local steps kept at the main rows' budget."""
+def sweep_rows(
+    rep: Replicate, s: Settings, sweep: list[int], main: dict[str, Any], started: float, store: Path | None
+) -> list[dict]:
+    """Federated U-Harmony at each number of local steps, rounds x local steps kept at the main rows' budget
+    (each run stored and reused as a replicate is)."""
     budget = s.rounds * s.local_steps
     rows = []
     for steps in sweep:
         x = replace(s, rounds=max(1, round(budget / steps)), local_steps=steps, eval_every=0)
+        name, key = f"{rep.name}-local{steps}", {**rep.key(), "settings": asdict(x)}
+        kept = None if steps == s.local_steps else replicate_store.load(store, name, key)
         if steps == s.local_steps:
             fed, scored = main["federations"][OURS], main["scored"][OURS]
+        elif kept is not None:
+            fed, scored = kept["fed"], scored_from_json(kept["scored"])
         else:
             fed = federate(rep, OURS, x, rep.folder / f"{OURS}-local{steps}", started)
             jobs = [
@@ -344,6 +396,7 @@ def sweep_rows(rep: Replicate, s: Settings, sweep: list[int], main: dict[str, An
                 for k, site in enumerate(rep.sites)
             ]  # fmt: skip
             scored = merged(run_all(jobs, 1, lambda _j, _r: None), OURS, rep.r)
+            replicate_store.save(store, name, key, {"fed": slim(fed), "scored": scored_to_json(scored)})
         per_site = site_means(scored, rep.sites)
         rows.append(
             {
@@ -411,6 +464,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a miniature run (one scenario, one replicate)")
     ap.add_argument("--out", type=Path, help="JSON figures (default docs/results/federated.json; quick: none)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/uharmony-federated-bench"), help="data and models")
+    ap.add_argument(
+        "--store",
+        type=Path,
+        help="finished replicates kept here and reused by the next run (default docs/results/federated_replicates; "
+        "quick: none)",
+    )
     ap.add_argument("--scenarios", nargs="+", default=None, help="(protocols annotation; quick: protocols)")
     ap.add_argument(
         "--replicates",
@@ -444,6 +503,7 @@ def main() -> int:
     for scenario in scenarios:
         resolve_scenario(scenario)  # an unknown name fails before any work
     out = args.out or (None if args.quick else ROOT / "docs" / "results" / "federated.json")
+    store = args.store or (None if args.quick else ROOT / "docs" / "results" / "federated_replicates")
     if out is not None:
         check_writable(out)
     torch.set_num_threads(1)
@@ -455,13 +515,13 @@ def main() -> int:
     first: tuple[Replicate, dict[str, Any]] | None = None
     for scenario in scenarios:
         reps_info = [Replicate(work, scenario, r, s, args.final) for r in range(replicates[scenario])]
-        reps = [run_replicate(rep, s, args.jobs, started) for rep in reps_info]
+        reps = [run_replicate(rep, s, args.jobs, started, store) for rep in reps_info]
         figures.append(scenario_figures(scenario, reps, reps_info[0].sites))
         scored += [replace(x, arm=f"{scenario}/{x.arm}") for r in reps for x in r["scored"].values()]
         first = first or (reps_info[0], reps[0])
     sweep = []  # last: every scenario's main figures come first
     if args.local_steps_sweep and first is not None:
-        sweep = sweep_rows(first[0], s, args.local_steps_sweep, first[1], started)
+        sweep = sweep_rows(first[0], s, args.local_steps_sweep, first[1], started, store)
     cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, scored)
     plot = None
     if out is not None:
