@@ -102,6 +102,13 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     # the finished replicate and the sweep's other run were stored: a run on a new machine (no work folder) trains
     # nothing and gives the same figures and case records
     assert sorted(p.name for p in store.iterdir()) == ["protocols-r0-local1.json", "protocols-r0.json"]
+    stored = json.loads((store / "protocols-r0.json").read_text(encoding="utf-8"))
+    text = "\n".join(results_renderer("federated_replicates/*.json")(stored))
+    assert "Stored replicate of `protocols` (development evaluation" in text
+    cells = {line.split("|")[1].strip(): line.split("|")[2:4] for line in text.splitlines() if line.startswith("| `")}
+    for r in rows.values():  # the stored records give the figures' own mean Dice of every arm
+        dice, count = cells[f"`{r['method']}`"]
+        assert float(dice) == pytest.approx(r["dice_mean"], abs=6e-4) and int(count) == 4, (r, text)
     again = tmp_path / "again" / "federated.json"
     again.parent.mkdir()
     proc = run("--quick", "--work", str(tmp_path / "new-work"), "--out", str(again), *sweep_args, timeout=300)

@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from UHarmonyLib.evaluation.bootstrap import hierarchical_ci
+from UHarmonyLib.evaluation.scoring import WHOLE
 from UHarmonyLib.model.card import MIRROR_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -667,6 +668,34 @@ def forest_plot(entries: list[tuple[str, dict[str, Any]]], path: Path = FOREST) 
     os.replace(tmp, path)
 
 
+def _site_mean_dice(records: list[dict[str, Any]]) -> float | None:
+    """Mean over sites of each site's mean whole-lesion Dice (cases without one left out), as federated.py counts."""
+    by_site: dict[str, list[float]] = {}
+    for r in records:
+        value = r["dice"].get(WHOLE)
+        by_site.setdefault(r["site"], []).extend([] if value is None else [value])
+    means = [sum(v) / len(v) for v in by_site.values() if v]
+    return sum(means) / len(means) if means else None
+
+
+def render_stored_replicate(doc: dict[str, Any]) -> list[str]:
+    """A replicate (or sweep run) benchmarks/federated.py stored for the next run (benchmarks/replicate_store.py):
+    what it ran under and each arm's mean whole-lesion Dice; federated.json's tables come from these once every
+    replicate is stored."""
+    key, payload = doc["key"], doc["payload"]
+    scored = payload["scored"]
+    arms = [scored] if "records" in scored else list(scored.values())
+    settings = key["settings"]
+    out = [
+        f"Stored replicate of `{key['scenario']}` ({key['evaluation']} evaluation, training seed "
+        f"{key['training_seed']}, test seed {key['test_seed']}; {settings['rounds']} rounds x "
+        f"{settings['local_steps']} local steps), kept for `benchmarks/federated.py` to reuse.",
+        "",
+    ]
+    rows = [[f"`{a['arm']}`", _dice(_site_mean_dice(a["records"])), len(a["records"])] for a in arms]
+    return out + table(["arm", "mean Dice over sites", "cases"], rows)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "adapt_or_harmonize_300steps.json": render_adapt_or_harmonize,
@@ -674,6 +703,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "federated.json": render_federated,
+    "federated_replicates/*.json": render_stored_replicate,
     "gpu_check.json": render_gpu_check,
     "inference.json": render_inference,
     "memory.json": render_memory,
@@ -697,7 +727,7 @@ def build(folder: Path = RESULTS, forest: Path | None = FOREST) -> str:
     for path in files:
         name = path.relative_to(folder).as_posix()
         data = json.loads(path.read_text(encoding="utf-8"))
-        render = RENDERERS.get(name)
+        render = RENDERERS.get(name) or RENDERERS.get(f"{path.parent.relative_to(folder).as_posix()}/*.json")
         if render is None or not isinstance(data, dict):
             render = render_generic
         section = ["", f"## {name}", "", f"Source: `docs/results/{name}`", "", *render(data)]
