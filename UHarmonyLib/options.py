@@ -104,6 +104,13 @@ MIRROR_PASSES = Option(
     "flip); default 1: more passes bought no confident gain of 0.005 Dice (docs/RESULTS.md weighs Dice against time)",
     group="mirror",
 )
+
+
+def mirror_passes(args: argparse.Namespace) -> int | None:
+    """The passes NO_MIRROR and MIRROR_PASSES ask for: 1 with --no-mirror, else --mirror-passes (None: the default)."""
+    return 1 if args.no_mirror else args.mirror_passes
+
+
 DEVICE = Option("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 PRECISION = Option("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
 

@@ -44,7 +44,6 @@ import replicate_store
 import torch
 from jobs import ScoreJob, run_all
 from protocol import Scored, compare, load_protocol, write_case_scores
-from replicate_store import scored_from_json, scored_to_json
 from reproduce import check_work, listing, synthesize
 
 from UHarmonyLib.data.plan import Plan, plan_training
@@ -282,7 +281,10 @@ def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float, store:
     kept = replicate_store.load(store, rep.name, rep.key())
     if kept is not None:
         log(f"{rep.name}: loaded from {store}", started)
-        return {"scored": {a: scored_from_json(x) for a, x in kept["scored"].items()}, "federations": kept["feds"]}
+        return {
+            "scored": {a: replicate_store.scored_from_json(x) for a, x in kept["scored"].items()},
+            "federations": kept["feds"],
+        }
     todo = [j for j in rep.trainings() if not j.out.is_dir()]
     run_all(todo, jobs, lambda j, _r: log(f"{rep.scenario} r{rep.r} {j.out.name} trained", started))
     federations = {arm: federate(rep, arm, s, rep.folder / arm, started) for arm in FEDERATIONS}
@@ -291,7 +293,7 @@ def run_replicate(rep: Replicate, s: Settings, jobs: int, started: float, store:
     log(f"{rep.scenario} r{rep.r}: " + ", ".join(f"{a} {mean_defined(list(site_means(x, rep.sites).values()))}"
                                                   for a, x in scored.items()), started)  # fmt: skip
     feds = {arm: slim(f) for arm, f in federations.items()}
-    payload = {"scored": {a: scored_to_json(x) for a, x in scored.items()}, "feds": feds}
+    payload = {"scored": {a: replicate_store.scored_to_json(x) for a, x in scored.items()}, "feds": feds}
     replicate_store.save(store, rep.name, rep.key(), payload)
     return {"scored": scored, "federations": feds}
 
@@ -387,7 +389,7 @@ def sweep_rows(
         if steps == s.local_steps:
             fed, scored = main["federations"][OURS], main["scored"][OURS]
         elif kept is not None:
-            fed, scored = kept["fed"], scored_from_json(kept["scored"])
+            fed, scored = kept["fed"], replicate_store.scored_from_json(kept["scored"])
         else:
             fed = federate(rep, OURS, x, rep.folder / f"{OURS}-local{steps}", started)
             jobs = [
@@ -396,7 +398,7 @@ def sweep_rows(
                 for k, site in enumerate(rep.sites)
             ]  # fmt: skip
             scored = merged(run_all(jobs, 1, lambda _j, _r: None), OURS, rep.r)
-            replicate_store.save(store, name, key, {"fed": slim(fed), "scored": scored_to_json(scored)})
+            replicate_store.save(store, name, key, {"fed": slim(fed), "scored": replicate_store.scored_to_json(scored)})
         per_site = site_means(scored, rep.sites)
         rows.append(
             {

@@ -26,6 +26,7 @@ from UHarmonyLib.options import (
     add_command,
     defaults,
     field_options,
+    mirror_passes,
 )
 from UHarmonyLib.progress import JsonReporter, Reporter
 from UHarmonyLib.training.config import DEFAULT_STEPS, TrainConfig
@@ -184,7 +185,7 @@ def run_diagnose(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     start = time.perf_counter()
     check_out(args.out)
     trials = trial_settings(args)
-    passes = 1 if args.no_mirror else args.mirror_passes
+    passes = mirror_passes(args)
     peers = [read_summary(path) for path in args.peer_summaries or []]
     if trials is not None:
         from UHarmonyLib.diagnose.trials import trial_plan

@@ -21,6 +21,7 @@ from UHarmonyLib.options import (
     Option,
     Verbs,
     add_command,
+    mirror_passes,
     to_argv,
     values_of,
 )
@@ -173,7 +174,7 @@ def run_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]
     mapped = map_dataset(bundle, args.data, args.site)
     if args.out.resolve() == mapped.file:
         raise InputError(f"{args.out}: the report would overwrite the dataset file")
-    passes = 1 if args.no_mirror else args.mirror_passes
+    passes = mirror_passes(args)
     reporter.log(describe_run(bundle, mapped, device, passes))
     body = evaluate_dataset(bundle, mapped, args.site, device, reporter, passes)
     report = {

@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from UHarmonyLib.errors import InputError
 from UHarmonyLib.files.atomic import check_writable, write_text_atomic
-from UHarmonyLib.options import DEVICE, MIRROR_PASSES, NO_MIRROR, PRECISION, PROGRESS, Option, Verbs, add_command
+from UHarmonyLib.options import (
+    DEVICE,
+    MIRROR_PASSES,
+    NO_MIRROR,
+    PRECISION,
+    PROGRESS,
+    Option,
+    Verbs,
+    add_command,
+    mirror_passes,
+)
 from UHarmonyLib.progress import JsonReporter, Reporter
 
 if TYPE_CHECKING:
@@ -199,7 +209,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
     device = resolve_device(args.device)
     bundle = load_bundle(args.model)
     check_site(bundle, args.site)
-    passes = 1 if args.no_mirror else args.mirror_passes
+    passes = mirror_passes(args)
     mirror_flips(bundle, passes)  # refuses more passes than the card's axes give, before any case is read
     check_harmonize(bundle, args.harmonize)
     reporter.log(f"model {bundle.label_text}: channels {', '.join(bundle.channel_names)}; device {device}")
@@ -222,7 +232,7 @@ def run_segment(args: argparse.Namespace, reporter: Reporter, emit_result: bool 
         print(describe_gate(result.gate))
         vols = ", ".join(f"{k} {v:.2f} ml" for k, v in payload["volumes_ml"].items())
         print(f"Lesion volumes: {vols}")
-        passes = f" x {result.passes} mirrored passes" if result.passes > 1 else ""
-        run = f"{result.windows} windows{passes}, {result.device} {result.precision}, {payload['seconds']:.1f} s"
+        mirrored = f" x {result.passes} mirrored passes" if result.passes > 1 else ""
+        run = f"{result.windows} windows{mirrored}, {result.device} {result.precision}, {payload['seconds']:.1f} s"
         print(f"Wrote {args.out} ({run})")
     return payload
