@@ -410,7 +410,8 @@ def render_regret(doc: dict[str, Any]) -> list[str]:
         "",
         *table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()]),
     ]
-    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('seconds')} s."]
+    spent = f" (the datasets' own: {doc['dataset_seconds']} s)" if "dataset_seconds" in doc else ""
+    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('seconds')} s{spent}."]
 
 
 def render_adapt_or_harmonize(doc: dict[str, Any]) -> list[str]:
@@ -696,12 +697,24 @@ def render_stored_replicate(doc: dict[str, Any]) -> list[str]:
     return out + table(["arm", "mean Dice over sites", "cases"], rows)
 
 
+def render_stored_dataset(doc: dict[str, Any]) -> list[str]:
+    """A dataset scripts/validate_diagnose.py finished and stored for the next run (diagnose.json gathers them)."""
+    key, r = doc["key"], doc["payload"]
+    truth = ", ".join(f"{s} {_dice(d)}" for s, d in r["truth"].items())
+    return [
+        f"Stored dataset `{r['name']}` (`{key['scenario']}`, seed {key['seed']}; truth at {key['full_steps']} steps "
+        f"over {key['truth_seeds']} training seed(s)), kept for `scripts/validate_diagnose.py` to reuse. True Dice: "
+        f"{truth}. Advised `{r['advised_strategy']}` ({r['advice']}), best `{r['best']}`: regret {r['regret']:.3f}."
+    ]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "adapt_or_harmonize.json": render_adapt_or_harmonize,
     "adapt_or_harmonize_300steps.json": render_adapt_or_harmonize,
     "case_time.json": render_case_time,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
+    "diagnose_datasets/*.json": render_stored_dataset,
     "federated.json": render_federated,
     "federated_replicates/*.json": render_stored_replicate,
     "gpu_check.json": render_gpu_check,
