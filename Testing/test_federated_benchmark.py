@@ -42,7 +42,7 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
 def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "federated.json"
     store = tmp_path / "store"
-    sweep_args = ["--local-steps-sweep", "1", "2", "--store", str(store)]
+    sweep_args = ["--local-steps-sweep", "1", "2", "--server-momentum-sweep", "0", "0.5", "--store", str(store)]
     proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), *sweep_args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
@@ -94,14 +94,25 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
         assert len(r["train_loss_per_round"]) == r["rounds"] and list(r["per_site"]) == SITES
         assert is_fraction(r["dice_mean"]), r
 
+    momentum = doc["server_momentum_sweep"]  # 0 is plain averaging: the main row itself
+    assert [r["server_momentum"] for r in momentum] == [0, 0.5]
+    assert momentum[0]["dice_mean"] == rows["federated_uharmony"]["dice_mean"]
+    assert is_fraction(momentum[1]["dice_mean"]) and list(momentum[1]["per_site"]) == SITES
+    assert len(momentum[1]["dice_per_round"]) == 2 and len(momentum[1]["train_loss_per_round"]) == 2
+
     assert doc["rounds_plot"] == "federated_rounds.png"
     assert (tmp_path / doc["rounds_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = "\n".join(results_renderer("federated.json")(doc))
     assert all(f"`{a}`" in markdown for a in ARMS) and "Command:" in markdown and "federated_rounds.png" in markdown
+    assert "Federated U-Harmony with server momentum (Flower's FedAvgM" in markdown
 
     # the finished replicate and the sweep's other run were stored: a run on a new machine (no work folder) trains
     # nothing and gives the same figures and case records
-    assert sorted(p.name for p in store.iterdir()) == ["protocols-r0-local1.json", "protocols-r0.json"]
+    assert sorted(p.name for p in store.iterdir()) == [
+        "protocols-r0-local1.json",
+        "protocols-r0-momentum0.5.json",
+        "protocols-r0.json",
+    ]
     stored = json.loads((store / "protocols-r0.json").read_text(encoding="utf-8"))
     text = "\n".join(results_renderer("federated_replicates/*.json")(stored))
     assert "Stored replicate of `protocols` (development evaluation" in text
@@ -115,8 +126,8 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "protocols-r0: loaded from" in proc.stdout and " trained" not in proc.stdout
     second = json.loads(again.read_text(encoding="utf-8"))
-    assert {k: second[k] for k in ("scenarios", "local_steps_sweep")} == {
-        k: doc[k] for k in ("scenarios", "local_steps_sweep")
+    assert {k: second[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep")} == {
+        k: doc[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep")
     }
     assert json.loads((again.parent / doc["case_scores"]).read_text(encoding="utf-8")) == cases
     assert not (tmp_path / "new-work" / "quick" / "data").exists()  # no case was drawn again

@@ -128,6 +128,10 @@ CONTRACT_CASES = {
     "filters-not-numbers": (["--sites", "north,south", "--filters", "8", "wide"], "--filters 8,wide: needs at least"),
     "one-filter": (["--sites", "north,south", "--filters", "8"], "--filters 8: needs at least two"),
     "eval-every-negative": (["--sites", "north,south", "--eval-every", "-1"], "--eval-every -1: must be 0 (never)"),
+    "server-momentum-one": (
+        ["--sites", "north,south", "--strategy", "fedavgm", "--server-momentum", "1"],
+        "--server-momentum 1.0: must be in [0, 1)",
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """Federated U-Harmony against FedAvg, FedProx, FedBN, local-only and centralized training, at matched steps.
 
     .venv/bin/python benchmarks/federated.py [--quick] [--final] [--scenarios protocols annotation]
-        [--replicates 3 [2 ...]] [--local-steps-sweep 5 25 100] [--jobs 2]
+        [--replicates 3 [2 ...]] [--local-steps-sweep 5 25 100] [--server-momentum-sweep 0.6 0.9] [--jobs 2]
         [--out docs/results/federated.json] [--work DIR]
 
 Sites differ as scanner protocols (`protocols`) or annotators (`annotation`) do. In each
@@ -23,8 +23,10 @@ and saved beside the summary; federated U-Harmony is compared case by case with 
 other arm, pooled and per site, with the hierarchical bootstrap (replicates, then cases).
 `--local-steps-sweep` repeats federated U-Harmony on the first scenario's first
 replicate at other local steps, rounds x local steps kept (client drift against
-communication). A killed run keeps its finished models and scores: run it again with the
-same --work to go on.
+communication). `--server-momentum-sweep` repeats it there with Flower's FedAvgM: the server
+steps along a momentum of the averaged updates (server-side optimization, against the stateful
+clients alone; momentum 0 is plain averaging, the main row). A killed run keeps its finished
+models and scores: run it again with the same --work to go on.
 """
 
 from __future__ import annotations
@@ -178,14 +180,16 @@ class Replicate:
             jobs.append(self.training(f"{LOCAL}-{k}", "instance", own, self.site_steps))
         return jobs
 
-    def contract(self, arm: str, s: Settings) -> Federation:
+    def contract(self, arm: str, s: Settings, server_momentum: float = 0.0) -> Federation:
+        """The arm's federation; with `server_momentum`, Flower's FedAvgM instead of its strategy."""
         method, strategy = FEDERATIONS[arm]
         return Federation(
             sites=",".join(self.sites),
             channels=self.channels,
             labels=self.labels,
             method=method,
-            strategy=strategy,
+            strategy="fedavgm" if server_momentum else strategy,
+            server_momentum=server_momentum,
             rounds=s.rounds,
             local_steps=s.local_steps,
             patch=s.patch,
@@ -198,9 +202,11 @@ class Replicate:
         )
 
 
-def federate(rep: Replicate, arm: str, s: Settings, folder: Path, started: float) -> dict[str, Any]:
+def federate(
+    rep: Replicate, arm: str, s: Settings, folder: Path, started: float, server_momentum: float = 0.0
+) -> dict[str, Any]:
     """One federation in the simulation runtime (a finished one is read back); its record and curves."""
-    contract = rep.contract(arm, s)
+    contract = rep.contract(arm, s, server_momentum)
     record_path = folder / "server" / "server.json"
     done = record_path.is_file() and json.loads(record_path.read_text(encoding="utf-8")).get("status") == "finished"
     if folder.exists() and not done:  # a killed federation's site states would resume mid-way: start it afresh
@@ -375,41 +381,72 @@ def goal(versus: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def variant(
+    rep: Replicate,
+    s: Settings,
+    tag: str,
+    key: dict[str, Any],
+    started: float,
+    store: Path | None,
+    momentum: float = 0.0,
+) -> tuple[dict[str, Any], Scored]:
+    """Federated U-Harmony once more under settings `s` (and server momentum), stored as `{replicate}-{tag}` and
+    reused as a replicate is: its federation's record and curves, and its scored test cases."""
+    name = f"{rep.name}-{tag}"
+    kept = replicate_store.load(store, name, key)
+    if kept is not None:
+        return kept["fed"], replicate_store.scored_from_json(kept["scored"])
+    fed = federate(rep, OURS, s, rep.folder / f"{OURS}-{tag}", started, momentum)
+    jobs = [
+        ScoreJob(Path(fed["record"]["bundles"][site]), rep.test, False, OURS, rep.r,
+                 rep.folder / "scores" / f"{OURS}-{tag}-{k}.json", sites=(site,))
+        for k, site in enumerate(rep.sites)
+    ]  # fmt: skip
+    scored = merged(run_all(jobs, 1, lambda _j, _r: None), OURS, rep.r)
+    replicate_store.save(store, name, key, {"fed": slim(fed), "scored": replicate_store.scored_to_json(scored)})
+    return fed, scored
+
+
+def variant_row(fed: dict[str, Any], scored: Scored, sites: list[str]) -> dict[str, Any]:
+    per_site = site_means(scored, sites)
+    return {
+        "dice_mean": mean_of(list(per_site.values())),
+        "per_site": {k: mean_of([v]) for k, v in per_site.items()},
+        "dice_per_round": fed["dice_per_round"],
+        "train_loss_per_round": fed["train_loss_per_round"],
+        "seconds_per_round": fed["seconds_per_round"],
+    }
+
+
 def sweep_rows(
     rep: Replicate, s: Settings, sweep: list[int], main: dict[str, Any], started: float, store: Path | None
 ) -> list[dict]:
-    """Federated U-Harmony at each number of local steps, rounds x local steps kept at the main rows' budget
-    (each run stored and reused as a replicate is)."""
+    """Federated U-Harmony at each number of local steps, rounds x local steps kept at the main rows' budget."""
     budget = s.rounds * s.local_steps
     rows = []
     for steps in sweep:
         x = replace(s, rounds=max(1, round(budget / steps)), local_steps=steps, eval_every=0)
-        name, key = f"{rep.name}-local{steps}", {**rep.key(), "settings": asdict(x)}
-        kept = None if steps == s.local_steps else replicate_store.load(store, name, key)
         if steps == s.local_steps:
             fed, scored = main["federations"][OURS], main["scored"][OURS]
-        elif kept is not None:
-            fed, scored = kept["fed"], replicate_store.scored_from_json(kept["scored"])
         else:
-            fed = federate(rep, OURS, x, rep.folder / f"{OURS}-local{steps}", started)
-            jobs = [
-                ScoreJob(Path(fed["record"]["bundles"][site]), rep.test, False, OURS, rep.r,
-                         rep.folder / "scores" / f"{OURS}-local{steps}-{k}.json", sites=(site,))
-                for k, site in enumerate(rep.sites)
-            ]  # fmt: skip
-            scored = merged(run_all(jobs, 1, lambda _j, _r: None), OURS, rep.r)
-            replicate_store.save(store, name, key, {"fed": slim(fed), "scored": replicate_store.scored_to_json(scored)})
-        per_site = site_means(scored, rep.sites)
-        rows.append(
-            {
-                "local_steps": steps,
-                "rounds": x.rounds,
-                "dice_mean": mean_of(list(per_site.values())),
-                "per_site": {k: mean_of([v]) for k, v in per_site.items()},
-                "train_loss_per_round": fed["train_loss_per_round"],
-                "seconds_per_round": fed["seconds_per_round"],
-            }
-        )
+            fed, scored = variant(rep, x, f"local{steps}", {**rep.key(), "settings": asdict(x)}, started, store)
+        rows.append({"local_steps": steps, "rounds": x.rounds, **variant_row(fed, scored, rep.sites)})
+    return rows
+
+
+def momentum_rows(
+    rep: Replicate, s: Settings, momenta: list[float], main: dict[str, Any], started: float, store: Path | None
+) -> list[dict]:
+    """Federated U-Harmony with server momentum (FedAvgM) at each value, everything else the main row's (momentum 0
+    is that row: FedAvgM without momentum is plain averaging)."""
+    rows = []
+    for m in momenta:
+        if m == 0:
+            fed, scored = main["federations"][OURS], main["scored"][OURS]
+        else:
+            key = {**rep.key(), "server_momentum": m}
+            fed, scored = variant(rep, s, f"momentum{m:g}", key, started, store, m)
+        rows.append({"server_momentum": m, **variant_row(fed, scored, rep.sites)})
     return rows
 
 
@@ -489,6 +526,14 @@ def main() -> int:
         metavar="N",
         help="federated U-Harmony again at each N local steps, rounds x local steps kept (e.g. 5 25 100)",
     )
+    ap.add_argument(
+        "--server-momentum-sweep",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="M",
+        help="federated U-Harmony again with FedAvgM at each server momentum M in [0, 1) (e.g. 0.6 0.9)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="single-threaded trainings and scorings side by side (2)")
     ap.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = ap.parse_args()
@@ -496,6 +541,8 @@ def main() -> int:
         ap.error("--quick never uses the test seeds: drop --final")
     if any(n < 1 for n in args.local_steps_sweep):
         ap.error("--local-steps-sweep: each number of local steps must be at least 1")
+    if any(not 0 <= m < 1 for m in args.server_momentum_sweep):
+        ap.error("--server-momentum-sweep: each momentum must be in [0, 1)")
     s = QUICK if args.quick else FULL
     scenarios = args.scenarios or (["protocols"] if args.quick else ["protocols", "annotation"])
     counts = args.replicates or [1 if args.quick else 3]
@@ -524,6 +571,9 @@ def main() -> int:
     sweep = []  # last: every scenario's main figures come first
     if args.local_steps_sweep and first is not None:
         sweep = sweep_rows(first[0], s, args.local_steps_sweep, first[1], started, store)
+    momentum = []
+    if args.server_momentum_sweep and first is not None:
+        momentum = momentum_rows(first[0], s, args.server_momentum_sweep, first[1], started, store)
     cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, scored)
     plot = None
     if out is not None:
@@ -537,6 +587,7 @@ def main() -> int:
         "case_scores": None if cases is None else cases.name,
         "rounds_plot": None if plot is None else plot.name,
         "local_steps_sweep": sweep,
+        "server_momentum_sweep": momentum,
         "settings": asdict(s),
         "runtime": "Flower simulation (Ray, two sites at a time), one torch thread per process",
         "command": " ".join(["python", "benchmarks/federated.py", *sys.argv[1:]]),

@@ -501,6 +501,15 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
             "",
         ]
         out += [*table(["local steps", "rounds", "mean Dice", "s / round"], body), ""]
+    momentum = doc.get("server_momentum_sweep", [])
+    if momentum:
+        body = [[r["server_momentum"], _dice(r["dice_mean"]), r.get("seconds_per_round", "")] for r in momentum]
+        out += [
+            "Federated U-Harmony with server momentum (Flower's FedAvgM; 0 is plain averaging, the main row; first "
+            "scenario, replicate 0):",
+            "",
+        ]
+        out += [*table(["server momentum", "mean Dice", "s / round"], body), ""]
     out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
     out += ["", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
@@ -714,6 +723,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "case_time.json": render_case_time,
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
+    "diagnose_300steps.json": render_diagnose,
     "diagnose_datasets/*.json": render_stored_dataset,
     "federated.json": render_federated,
     "federated_replicates/*.json": render_stored_replicate,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 CONTRACT_OPTIONS = [
     Option("--sites", required=True, help="comma-separated site names, e.g. hospital-a,hospital-b,hospital-c"),
     Option("--method", default="uharmony", choices=("uharmony", "fedavg", "fedbn"), help="(uharmony)"),
-    Option("--strategy", default="fedavg", choices=("fedavg", "fedprox", "fedadam"), help="(fedavg)"),
+    Option("--strategy", default="fedavg", choices=("fedavg", "fedprox", "fedadam", "fedavgm"), help="(fedavg)"),
     Option("--rounds", type=int, default=3, help="federated rounds (3)"),
     Option("--local-steps", type=int, default=20, help="optimizer steps per site and round (20)"),
     Option(
@@ -31,6 +31,7 @@ CONTRACT_OPTIONS = [
         help="peak learning rate of one one-cycle schedule over every round's local steps (2e-3)",
     ),
     Option("--proximal-mu", type=float, default=0.01, help="FedProx proximal weight (0.01)"),
+    Option("--server-momentum", type=float, default=0.9, help="FedAvgM server momentum (0.9)"),
     Option("--channels", default="T1,T2,FLAIR", help="the model's channels, in order (T1,T2,FLAIR)"),
     Option("--labels", default="lesion core,edema", help="the model's labels, in order"),
     Option("--patch", type=int, default=48, help="cubic training patch (48)"),
@@ -130,6 +131,7 @@ def contract_from_args(args: argparse.Namespace) -> Federation:
         local_steps=args.local_steps,
         lr=args.lr,
         proximal_mu=args.proximal_mu,
+        server_momentum=args.server_momentum,
         batch=args.batch,
         patch=args.patch,
         spacing=args.spacing,

@@ -23,7 +23,7 @@ from UHarmonyLib.training.site_sharing import SITE_PARAMS, share_site_rows
 
 # federated method -> network normalization: U-Harmony columns, plain FedAvg, FedBN-style local affine norms
 METHODS = {"uharmony": "uharmony", "fedavg": "instance", "fedbn": "dsbn"}
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Federation:
     local_steps: int = 20
     lr: float = 2e-3
     proximal_mu: float = 0.01
+    server_momentum: float = 0.9  # fedavgm: momentum of the server's step along the averaged update
     batch: int = 2
     patch: int = 48
     spacing: float = 3.0
@@ -79,6 +80,8 @@ class Federation:
             raise InputError(f"--patch {self.patch}: must be a multiple of {2 ** (depth - 1)} for {depth} levels")
         if not 0 <= self.min_sites <= len(self.site_names):
             raise InputError(f"--min-sites {self.min_sites}: must be between 0 and {len(self.site_names)}")
+        if not 0 <= self.server_momentum < 1:
+            raise InputError(f"--server-momentum {self.server_momentum}: must be in [0, 1)")
         if not self.lr > 0 or self.spacing <= 0:
             raise InputError("--lr and --spacing must be positive")
 

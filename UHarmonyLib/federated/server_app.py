@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     Strategy,
 )
@@ -32,7 +33,7 @@ from UHarmonyLib.federated.wire import ROWS_PREFIX, bank_record, merge_banks, re
 from UHarmonyLib.files.atomic import atomic_path, write_text_atomic
 
 app = ServerApp()
-BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedavgm": FedAvgM}
 
 
 class RoundLog:
@@ -113,6 +114,8 @@ def make_strategy(contract: Federation, log: RoundLog, dp_noise: float = 0.0, dp
         kwargs["proximal_mu"] = contract.proximal_mu
     if contract.strategy == "fedadam":
         kwargs.update(eta=1e-2, eta_l=contract.lr, tau=1e-3)
+    if contract.strategy == "fedavgm":
+        kwargs.update(server_learning_rate=1.0, server_momentum=contract.server_momentum)
 
     base: type[FedAvg] = BASES[contract.strategy]
 
