@@ -590,6 +590,7 @@ def main() -> int:
         "server_momentum_sweep": momentum,
         "settings": asdict(s),
         "runtime": "Flower simulation (Ray, two sites at a time), one torch thread per process",
+        "store": None if store is None else store.as_posix().replace(ROOT.as_posix() + "/", ""),
         "command": " ".join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - started, 1),
         "notes": notes(args.final, replicates),

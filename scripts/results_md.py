@@ -513,7 +513,12 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
     out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
     out += ["", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
-    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('runtime')}; wall time {minutes:.1f} min."]
+    reused = (
+        f" (replicates and sweep runs found in `{doc['store']}` were loaded, not trained again)"
+        if doc.get("store")
+        else ""
+    )
+    return [*out, "", f"Command: `{doc.get('command')}`; {doc.get('runtime')}; wall time {minutes:.1f} min{reused}."]
 
 
 def render_case_time(doc: dict[str, Any]) -> list[str]:
