@@ -256,7 +256,7 @@ def main() -> int:
             n: replicate_store.load(args.store, n, key(sc, seed, args.full_steps, args.truth_seeds))
             for n, sc, seed in DATASETS
         }
-        return [r for r in ({**{n: d for n, d in kept.items() if d is not None}, **ran}).values()]
+        return list({**{n: d for n, d in kept.items() if d is not None}, **ran}.values())
 
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
