@@ -85,6 +85,28 @@ def test_a_noisy_difference_is_inconclusive_and_says_what_would_settle_it() -> N
     assert result["reason"].endswith(f"if you must choose now, the highest mean gain is {LABELS[result['leaning']]}'s")
 
 
+def test_an_inconclusive_answer_names_the_comparison_that_decides_not_the_widest() -> None:
+    rows = _rows({"uharmony": 0.02, "harmonized": -0.03, "both": -0.05}, noise=0.06)
+    rng = np.random.default_rng(1)
+    for r in rows["harmonized"]:  # the widest interval, but settling it would not end the question
+        r["dice"] += 0.15 * rng.standard_normal()
+    result = advise(rows, margin=0.01)
+    by_name = {c["strategy"]: c for c in result["comparisons"]}
+    width = {s: c["high"] - c["low"] for s, c in by_name.items()}
+    assert result["advice"] == INCONCLUSIVE and max(width, key=lambda s: width[s]) == "harmonized"
+    assert by_name["uharmony"]["low"] <= 0.01 < by_name["uharmony"]["mean"]
+    assert f"the one that decides: {LABELS['uharmony']} " in result["reason"], result["reason"]
+
+    # no leader above the margin: plain is enough only once every open interval falls below it,
+    # so the one named is the one that needs the most cases
+    rows = _rows({"uharmony": -0.01, "harmonized": -0.03}, noise=0.06)
+    result = advise(rows, margin=0.01)
+    open_ = [c for c in result["comparisons"] if c["high"] >= 0.01]
+    assert result["advice"] == INCONCLUSIVE and max(c["mean"] for c in open_) <= 0.01
+    need = {c["strategy"]: ((c["high"] - c["low"]) / (2 * abs(c["mean"] - 0.01))) ** 2 for c in open_}
+    assert f"the one that decides: {LABELS[max(need, key=lambda s: need[s])]} " in result["reason"], result["reason"]
+
+
 def test_cases_without_a_dice_are_left_out_and_an_all_empty_comparison_decides_nothing() -> None:
     rows = _rows({"uharmony": 0.1}, noise=0.005)
     rows["plain"][0]["dice"] = None

@@ -179,11 +179,23 @@ def _ci(c: Mapping[str, Any]) -> str:
     return f"{LABELS[c['strategy']]} {c['mean']:+.3f} Dice over plain (95 % CI {c['low']:+.3f} to {c['high']:+.3f})"
 
 
-def _resolve(c: Mapping[str, Any], margin: float) -> str:
-    """What would settle comparison `c`: CI width ~ 1/sqrt(n), so width w needs (w / 2d)^2 times the cases,
-    d being the mean's distance from the margin."""
+def _factor(c: Mapping[str, Any], margin: float) -> float:
+    """How many times the cases would settle comparison `c`: CI width ~ 1/sqrt(n), so width w needs (w / 2d)^2
+    times the cases, d being the mean's distance from the margin."""
     gap, width = abs(c["mean"] - margin), c["high"] - c["low"]
-    factor = (width / (2 * gap)) ** 2 if gap > 0 else math.inf
+    return (width / (2 * gap)) ** 2 if gap > 0 else math.inf
+
+
+def _deciding(open_: Sequence[Mapping[str, Any]], margin: float) -> Mapping[str, Any]:
+    """The undecided comparison whose settling ends the question: the leader when its mean is above the margin
+    (settled, it is advised), else the one that needs the most cases (all must fall below for plain to do)."""
+    leader = max(open_, key=lambda c: c["mean"])
+    return leader if leader["mean"] > margin else max(open_, key=lambda c: _factor(c, margin))
+
+
+def _resolve(c: Mapping[str, Any], margin: float) -> str:
+    """What would settle comparison `c`, in held-out cases and in seeds and budget."""
+    factor = _factor(c, margin)
     if factor > MAX_FACTOR:
         return (
             f"{LABELS[c['strategy']]}'s mean lies too close to the margin for more cases to settle it: "
@@ -226,7 +238,7 @@ def advise(
 
     A strategy is advised when its paired difference over plain has a 95 % CI lower bound above
     `margin` (the highest mean among those); plain is enough when every upper bound is below the
-    margin; anything else is inconclusive, with what would settle the widest undecided interval.
+    margin; anything else is inconclusive, with what would settle the undecided comparison that decides.
     `labels` names the strategies in the advice (e.g. with the harmonization method).
     """
     names = {**LABELS, **(labels or {})}
@@ -252,10 +264,10 @@ def advise(
         open_ = [c for c in defined if c["high"] >= margin]
         missing = [LABELS[c["strategy"]] for c in comparisons if c["mean"] is None]
         if open_:
-            widest = max(open_, key=lambda c: c["high"] - c["low"])
+            deciding = _deciding(open_, margin)
             reason = (
                 f"no strategy's 95 % CI lies wholly above the margin {margin:g}, and {len(open_)} reach it; "
-                f"the widest: {_ci(widest)}; {_resolve(widest, margin)}"
+                f"the one that decides: {_ci(deciding)}; {_resolve(deciding, margin)}"
             )
         else:
             reason = f"{', '.join(missing)}: no held-out case with a defined whole-lesion Dice"
