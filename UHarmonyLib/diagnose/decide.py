@@ -16,9 +16,9 @@ adds a caution to it: absence of evidence from one or two cases is not evidence 
 
 Calibrated on the generator's scenarios at 4 mm, 3 cases per site, seeds 0-2 (none and
 structural: largest ratio 1.5, SNR fold 1.3, smallest p 0.024; appearance and mixed:
-ratio >= 2.8, SNR fold >= 3.2; structural: p 0.0005 with eta² >= 0.59). These screens describe what differs; whether
-to adapt is advised by the outcome trials (trials.py), whose regret scripts/validate_diagnose.py
-measures.
+ratio >= 2.8, SNR fold >= 3.2; structural: p 0.0005 with eta² >= 0.59). These screens
+describe what differs; whether to adapt is advised by the outcome trials (trials.py), whose
+regret scripts/validate_diagnose.py measures.
 """
 
 from __future__ import annotations
