@@ -86,3 +86,36 @@ def test_a_stored_dataset_is_reused_and_other_settings_are_refused(tmp_path: Pat
     assert refused.stderr.strip().splitlines()[-1] == (
         f"{store / 'none-1.json'}: stored with other truth_seeds; delete it or choose another --store"
     )
+
+
+def test_the_confirmation_set_is_fresh_and_carries_its_declared_reading(tmp_path: Path) -> None:
+    """The bet is judged on datasets it was not chosen on: new seeds, the same kinds of shift, its own results file."""
+    vd = _script()
+    development, confirmation = vd.SETS["development"][0], vd.SETS["confirmation"][0]
+    assert [d[1] for d in confirmation] == [d[1] for d in development]
+    assert not {d[0] for d in confirmation} & {d[0] for d in development}
+    assert not {d[2] for d in confirmation} & {d[2] for d in development}
+    test_seeds = {d[2] + vd.TEST_SEED_OFFSET for d in development + confirmation}
+    assert not test_seeds & {d[2] for d in development + confirmation}  # no test case is ever a training case
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    for k, (n, sc, seed) in enumerate(confirmation):
+        vd.replicate_store.save(store, n, vd.key(sc, seed, 1000, 2), _result(n, sc, seed, k))
+    out = tmp_path / "confirmation.json"
+    args = ["--set", "confirmation", "--jobs", "1", "--work", str(work), "--store", str(store), "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not work.exists()
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["set"] == "confirmation" and doc["declared"] == vd.DECLARED and doc["complete"]
+    assert [r["name"] for r in doc["datasets"]] == [d[0] for d in confirmation]
+    assert doc["regret_leaning_mean"] == 0 and doc["regret_mean"] > 0  # the two readings are kept apart
+    text = "\n".join(results_renderer("diagnose_confirmation.json")(doc))
+    assert f"Confirmation set (fresh seeds): {vd.DECLARED}." in text and "protocols-3" in text
+
+    wrong = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--datasets", "none-1"], capture_output=True, text=True, timeout=300
+    )
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1].endswith(
+        "--datasets: none-1 not in --set confirmation"
+    )

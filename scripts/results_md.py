@@ -405,6 +405,7 @@ def render_regret(doc: dict[str, Any]) -> list[str]:
         + ("" if doc.get("complete") else "; incomplete run: not every dataset finished")
         + "."
         + bolder,
+        *(["", f"Confirmation set (fresh seeds): {doc['declared']}."] if doc.get("declared") else []),
         "",
         *table([*header, *(["leaning", "regret (leaning)"] if leaning else [])], body),
         "",
@@ -729,6 +730,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "default_model.json": render_default_model,
     "diagnose.json": render_diagnose,
     "diagnose_300steps.json": render_diagnose,
+    "diagnose_confirmation.json": render_diagnose,
     "diagnose_datasets/*.json": render_stored_dataset,
     "federated.json": render_federated,
     "federated_replicates/*.json": render_stored_replicate,

@@ -1,8 +1,8 @@
 """Is `uharmony diagnose --trials` right where it matters? Its regret over generated datasets.
 
-Usage: .venv/bin/python scripts/validate_diagnose.py [--jobs 2] [--full-steps 1000] [--truth-seeds 2]
-       [--work DIR] [--store docs/results/diagnose_datasets] [--out docs/results/diagnose.json]
-       [--datasets NAME ...]
+Usage: .venv/bin/python scripts/validate_diagnose.py [--set development|confirmation] [--jobs 2]
+       [--full-steps 1000] [--truth-seeds 2] [--work DIR] [--store docs/results/diagnose_datasets]
+       [--out docs/results/diagnose.json] [--datasets NAME ...]
 
 For each dataset (the `protocols` and `annotation` scenarios, a pure monotone intensity shift,
 a lesion-statistics shift (`structural`) and no shift (`none`), two seeds each where time allows),
@@ -17,7 +17,11 @@ fast they start: docs/harmonization.md). Regret = the best strategy's true Dice
 - the true Dice of the strategy the advice picks (an inconclusive answer keeps plain joint
 training, which is what a user would do); an advice is `correct` when its strategy is within 0.01
 of the best. `regret_leaning` is the regret of a bolder reading: the strategy with the highest
-mean trial gain over plain (plain if none gains). Goal (issue 21): mean regret at most 0.01,
+mean trial gain over plain (plain if none gains), which is diagnose's own "if you must choose now" bet
+(`leaning`). On the development set the strict reading missed the goal and the bet met it; choosing
+the bet after seeing that would tune the advisor on its validation, so `--set confirmation` runs
+eight fresh datasets (new seeds, same kinds of shift) on which the bet is judged, as declared in
+DECLARED before any of them ran. Goal (issue 21): mean regret at most 0.01,
 never more than 0.03. Each finished dataset is kept in `--store` under the settings it ran with
 (benchmarks/replicate_store.py: a later run, on another machine too, reuses it and runs only the
 missing datasets; other settings are refused in one line), and the results file is rewritten from
@@ -55,6 +59,25 @@ DATASETS = [  # (name, scenario, seed): ordered so that a cut-off run still span
     ("annotation-2", "annotation", 307),
     ("monotone-2", "monotone", 308),
 ]
+CONFIRMATION = [  # fresh seeds, the same kinds of shift in the same order: run only after DECLARED was committed
+    ("protocols-3", "protocols", 311),
+    ("annotation-3", "annotation", 312),
+    ("monotone-3", "monotone", 313),
+    ("structural-2", "structural", 314),
+    ("none-2", "none", 315),
+    ("protocols-4", "protocols", 316),
+    ("annotation-4", "annotation", 317),
+    ("monotone-4", "monotone", 318),
+]
+DECLARED = (
+    "judged on regret_leaning: an inconclusive answer is read by diagnose's 'if you must choose now' bet (the "
+    "highest mean trial gain over plain, plain if none gains), the reading the development set pointed to; declared "
+    "before any confirmation dataset ran"
+)
+SETS = {
+    "development": (DATASETS, DEFAULT_OUT),
+    "confirmation": (CONFIRMATION, ROOT / "docs" / "results" / "diagnose_confirmation.json"),
+}
 MONOTONE = {  # sites differ by a monotone intensity map only (gamma, scale, offset): a normalization removes it
     "description": "sites differ only by a monotone intensity map; identical anatomy, lesions, noise and bias",
     "defaults": {"bias": 0.1},
@@ -162,8 +185,7 @@ def run_dataset(
     truth = {s: mean_defined(v) for s, v in per_seed.items()}
     trials = run_trials(train, plan_training([train], val_fraction=0.0, seed=0), settings, SilentReporter())
     picked = trials["choice"] or BASELINE  # inconclusive: a user keeps plain joint training
-    gains = {c["strategy"]: c["mean"] for c in trials["comparisons"] if c["mean"] is not None}
-    leaning = max(gains, key=lambda s: gains[s]) if gains and max(gains.values()) > 0 else BASELINE
+    leaning = trials["leaning"]  # the bet diagnose names for an inconclusive answer
     defined = {s: d for s, d in truth.items() if d is not None}
     best = max(defined, key=lambda s: defined[s])
     regret = defined[best] - defined.get(picked, 0.0)
@@ -193,17 +215,20 @@ def run_dataset(
 
 
 def summarize(results: list[dict[str, Any]], args: argparse.Namespace, started: float) -> dict[str, Any]:
+    datasets = SETS[args.set][0]
     regrets = [r["regret"] for r in results]
     leaning = [r["regret_leaning"] for r in results if "regret_leaning" in r]
     return {
-        "datasets": sorted(results, key=lambda r: [d[0] for d in DATASETS].index(r["name"])),
+        "set": args.set,
+        **({"declared": DECLARED} if args.set == "confirmation" else {}),
+        "datasets": sorted(results, key=lambda r: [d[0] for d in datasets].index(r["name"])),
         "regret_mean": round(sum(regrets) / len(regrets), 4) if regrets else None,
         "regret_max": max(regrets) if regrets else None,
         "correct": sum(r["correct"] for r in results),
         "regret_leaning_mean": round(sum(leaning) / len(leaning), 4) if leaning else None,
         "regret_leaning_max": max(leaning) if leaning else None,
         "total": len(results),
-        "complete": len(results) == len(DATASETS),
+        "complete": len(results) == len(datasets),
         "goal": {"regret_mean": "<= 0.01", "regret_max": "<= 0.03"},
         "settings": {
             "spacing_mm": SPACING,
@@ -232,6 +257,9 @@ def _store(value: str) -> Path | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--set", choices=list(SETS), default="development", help="the development datasets or the fresh confirmation"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="datasets run side by side (one thread each)")
     parser.add_argument(
         "--full-steps", type=int, default=DEFAULT_STEPS, help=f"training steps of the truth models ({DEFAULT_STEPS})"
@@ -241,9 +269,15 @@ def main() -> int:
     parser.add_argument(
         "--store", type=_store, default=DEFAULT_STORE, help="finished datasets kept and reused ('none': no store)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
-    parser.add_argument("--datasets", nargs="+", choices=[d[0] for d in DATASETS], help="a subset (default: all)")
+    parser.add_argument("--out", type=Path, help="results JSON (default: the set's, under docs/results/)")
+    names = [d[0] for d in DATASETS + CONFIRMATION]
+    parser.add_argument("--datasets", nargs="+", choices=names, help="a subset of the set (default: all)")
     args = parser.parse_args()
+    datasets, default_out = SETS[args.set]
+    args.out = args.out or default_out
+    foreign = sorted(set(args.datasets or []) - {d[0] for d in datasets})
+    if foreign:
+        parser.error(f"--datasets: {', '.join(foreign)} not in --set {args.set}")
     from UHarmonyLib.files.atomic import write_text_atomic
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -254,14 +288,14 @@ def main() -> int:
         """This run's datasets and, from the store, every other one finished under the same settings."""
         kept = {
             n: replicate_store.load(args.store, n, key(sc, seed, args.full_steps, args.truth_seeds))
-            for n, sc, seed in DATASETS
+            for n, sc, seed in datasets
         }
         return list({**{n: d for n, d in kept.items() if d is not None}, **ran}.values())
 
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
             pool.submit(run_dataset, n, sc, seed, args.work, args.store, args.full_steps, args.truth_seeds)
-            for n, sc, seed in DATASETS
+            for n, sc, seed in datasets
             if not args.datasets or n in args.datasets
         ]
         for future in as_completed(futures):
