@@ -24,11 +24,15 @@ browser:
 demo: $(STAMP)
 	$(BIN)/uharmony demo --out out/demo
 
+# Worker processes: most tests run one torch thread, and the Flower deployments mostly wait on polling, so two
+# workers keep two cores busy; a whole file goes to one worker, so module fixtures are built once
+TEST_WORKERS ?= 2
+
 test: lint browser
-	$(BIN)/python -m pytest -q --durations=15 Testing
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 Testing
 
 test-fast: lint browser
-	$(BIN)/python -m pytest -q -m "not slow" Testing
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" Testing
 
 # ruff, the type checker (mypy, configured in pyproject.toml: UHarmonyLib and UHarmonySlicerLib) and the
 # Python 3.9 check (vermin) of what Slicer runs

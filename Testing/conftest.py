@@ -233,7 +233,7 @@ def run_subprocess(*args: Any) -> CliRun:
     proc = subprocess.run(
         [sys.executable, "-m", "UHarmonyLib", *[str(a) for a in args]],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         cwd=REPO,
         env=env,
         timeout=300,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import time
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,18 @@ def test_unknown_site_and_site_with_gate_map_refused(
 
 
 def _write_dicom_series(image: sitk.Image, folder: Path) -> None:
-    """Write a 3-D int16 image as a DICOM series, one file per slice (SimpleITK's documented recipe)."""
+    """Write a 3-D int16 image as a DICOM series, one file per slice (SimpleITK's documented recipe).
+
+    GDCM's writer leaves the process in the C locale; restored here, or every later test in this
+    process would read and decode text as ASCII (torch's own templates, child processes' output)."""
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        _write_slices(image, folder)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+def _write_slices(image: sitk.Image, folder: Path) -> None:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
