@@ -31,6 +31,14 @@ REPO = Path(__file__).resolve().parent.parent
 # Tiny tensors: one intra-op thread avoids thread wake-up costs that dominate on small shared CPUs.
 torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test first, each file's own order kept: `make test`'s workers take whole files in
+    collection order, so the minutes-long ones start at once instead of one of them running alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 TINY_ARCH: dict[str, Any] = {
     "in_channels": 1,
     "out_channels": 3,

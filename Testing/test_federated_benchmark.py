@@ -38,11 +38,26 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (["--local-steps-sweep", "0"], "--local-steps-sweep: each number of local steps must be at least 1"),
+        (["--server-momentum-sweep", "1"], "--server-momentum-sweep: each momentum must be in [0, 1)"),
+        (["--lr-sweep", "0.002", "-0.01"], "--lr-sweep: each learning rate must be in (0, 1]"),
+    ],
+)
+def test_a_sweep_value_out_of_range_is_refused_before_any_work(tmp_path: Path, sweep: list[str], message: str) -> None:
+    proc = run("--quick", "--work", str(tmp_path / "work"), *sweep)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message)
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow  # a benchmark --quick run: eight trainings, four of them in Flower's simulation runtime
 def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "federated.json"
     store = tmp_path / "store"
-    sweep_args = ["--local-steps-sweep", "1", "2", "--server-momentum-sweep", "0", "0.5", "--store", str(store)]
+    sweep_args = ["--local-steps-sweep", "1", "2", "--server-momentum-sweep", "0", "0.5", "--lr-sweep", "0.002", "0.01"]
+    sweep_args += ["--store", str(store)]
     proc = run("--quick", "--work", str(tmp_path / "work"), "--out", str(out), *sweep_args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
@@ -100,16 +115,25 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     assert is_fraction(momentum[1]["dice_mean"]) and list(momentum[1]["per_site"]) == SITES
     assert len(momentum[1]["dice_per_round"]) == 2 and len(momentum[1]["train_loss_per_round"]) == 2
 
+    rates = doc["lr_sweep"]  # the contract's own rate is the main row
+    assert [r["lr"] for r in rates] == [0.002, 0.01] and rates[0]["dice_mean"] == rows["federated_uharmony"][
+        "dice_mean"
+    ]
+    assert is_fraction(rates[1]["dice_mean"]) and list(rates[1]["per_site"]) == SITES
+    assert len(rates[1]["dice_per_round"]) == 2 and len(rates[1]["train_loss_per_round"]) == 2
+
     assert doc["rounds_plot"] == "federated_rounds.png"
     assert (tmp_path / doc["rounds_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = "\n".join(results_renderer("federated.json")(doc))
     assert all(f"`{a}`" in markdown for a in ARMS) and "Command:" in markdown and "federated_rounds.png" in markdown
     assert "Federated U-Harmony with server momentum (Flower's FedAvgM" in markdown
+    assert "Federated U-Harmony at other peak learning rates" in markdown and "| 0.01 |" in markdown
 
     # the finished replicate and the sweep's other run were stored: a run on a new machine (no work folder) trains
     # nothing and gives the same figures and case records
     assert sorted(p.name for p in store.iterdir()) == [
         "protocols-r0-local1.json",
+        "protocols-r0-lr0.01.json",
         "protocols-r0-momentum0.5.json",
         "protocols-r0.json",
     ]
@@ -126,8 +150,8 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "protocols-r0: loaded from" in proc.stdout and " trained" not in proc.stdout
     second = json.loads(again.read_text(encoding="utf-8"))
-    assert {k: second[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep")} == {
-        k: doc[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep")
+    assert {k: second[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep", "lr_sweep")} == {
+        k: doc[k] for k in ("scenarios", "local_steps_sweep", "server_momentum_sweep", "lr_sweep")
     }
     assert json.loads((again.parent / doc["case_scores"]).read_text(encoding="utf-8")) == cases
     assert not (tmp_path / "new-work" / "quick" / "data").exists()  # no case was drawn again

@@ -180,8 +180,9 @@ class Replicate:
             jobs.append(self.training(f"{LOCAL}-{k}", "instance", own, self.site_steps))
         return jobs
 
-    def contract(self, arm: str, s: Settings, server_momentum: float = 0.0) -> Federation:
-        """The arm's federation; with `server_momentum`, Flower's FedAvgM instead of its strategy."""
+    def contract(self, arm: str, s: Settings, server_momentum: float = 0.0, lr: float | None = None) -> Federation:
+        """The arm's federation; with `server_momentum`, Flower's FedAvgM instead of its strategy; `lr` replaces the
+        contract's peak learning rate."""
         method, strategy = FEDERATIONS[arm]
         return Federation(
             sites=",".join(self.sites),
@@ -199,14 +200,21 @@ class Replicate:
             eval_every=s.eval_every,
             seed=self.seed,
             name=arm.replace("_", "-"),
+            **({} if lr is None else {"lr": lr}),
         )
 
 
 def federate(
-    rep: Replicate, arm: str, s: Settings, folder: Path, started: float, server_momentum: float = 0.0
+    rep: Replicate,
+    arm: str,
+    s: Settings,
+    folder: Path,
+    started: float,
+    server_momentum: float = 0.0,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """One federation in the simulation runtime (a finished one is read back); its record and curves."""
-    contract = rep.contract(arm, s, server_momentum)
+    contract = rep.contract(arm, s, server_momentum, lr)
     record_path = folder / "server" / "server.json"
     done = record_path.is_file() and json.loads(record_path.read_text(encoding="utf-8")).get("status") == "finished"
     if folder.exists() and not done:  # a killed federation's site states would resume mid-way: start it afresh
@@ -389,14 +397,16 @@ def variant(
     started: float,
     store: Path | None,
     momentum: float = 0.0,
+    lr: float | None = None,
 ) -> tuple[dict[str, Any], Scored]:
-    """Federated U-Harmony once more under settings `s` (and server momentum), stored as `{replicate}-{tag}` and
-    reused as a replicate is: its federation's record and curves, and its scored test cases."""
+    """Federated U-Harmony once more under settings `s` (and server momentum, or another peak learning rate), stored
+    as `{replicate}-{tag}` and reused as a replicate is: its federation's record and curves, and its scored test
+    cases."""
     name = f"{rep.name}-{tag}"
     kept = replicate_store.load(store, name, key)
     if kept is not None:
         return kept["fed"], replicate_store.scored_from_json(kept["scored"])
-    fed = federate(rep, OURS, s, rep.folder / f"{OURS}-{tag}", started, momentum)
+    fed = federate(rep, OURS, s, rep.folder / f"{OURS}-{tag}", started, momentum, lr)
     jobs = [
         ScoreJob(Path(fed["record"]["bundles"][site]), rep.test, False, OURS, rep.r,
                  rep.folder / "scores" / f"{OURS}-{tag}-{k}.json", sites=(site,))
@@ -447,6 +457,22 @@ def momentum_rows(
             key = {**rep.key(), "server_momentum": m}
             fed, scored = variant(rep, s, f"momentum{m:g}", key, started, store, m)
         rows.append({"server_momentum": m, **variant_row(fed, scored, rep.sites)})
+    return rows
+
+
+def lr_rows(
+    rep: Replicate, s: Settings, rates: list[float], main: dict[str, Any], started: float, store: Path | None
+) -> list[dict]:
+    """Federated U-Harmony at each peak learning rate, everything else the main row's (the contract's own rate is
+    that row). Averaging four sites' displacements advances the model about as far as one site's sequential steps,
+    a quarter of what pooled training takes in the same optimizer steps: a larger rate is what would make up for it."""
+    rows = []
+    for lr in rates:
+        if lr == Federation.lr:
+            fed, scored = main["federations"][OURS], main["scored"][OURS]
+        else:
+            fed, scored = variant(rep, s, f"lr{lr:g}", {**rep.key(), "lr": lr}, started, store, lr=lr)
+        rows.append({"lr": lr, **variant_row(fed, scored, rep.sites)})
     return rows
 
 
@@ -534,6 +560,14 @@ def main() -> int:
         metavar="M",
         help="federated U-Harmony again with FedAvgM at each server momentum M in [0, 1) (e.g. 0.6 0.9)",
     )
+    ap.add_argument(
+        "--lr-sweep",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="LR",
+        help=f"federated U-Harmony again at each peak learning rate LR (the contract's is {Federation.lr:g})",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="single-threaded trainings and scorings side by side (2)")
     ap.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
     args = ap.parse_args()
@@ -543,6 +577,8 @@ def main() -> int:
         ap.error("--local-steps-sweep: each number of local steps must be at least 1")
     if any(not 0 <= m < 1 for m in args.server_momentum_sweep):
         ap.error("--server-momentum-sweep: each momentum must be in [0, 1)")
+    if any(not 0 < lr <= 1 for lr in args.lr_sweep):
+        ap.error("--lr-sweep: each learning rate must be in (0, 1]")
     s = QUICK if args.quick else FULL
     scenarios = args.scenarios or (["protocols"] if args.quick else ["protocols", "annotation"])
     counts = args.replicates or [1 if args.quick else 3]
@@ -574,6 +610,7 @@ def main() -> int:
     momentum = []
     if args.server_momentum_sweep and first is not None:
         momentum = momentum_rows(first[0], s, args.server_momentum_sweep, first[1], started, store)
+    rates = lr_rows(first[0], s, args.lr_sweep, first[1], started, store) if args.lr_sweep and first else []
     cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, scored)
     plot = None
     if out is not None:
@@ -588,6 +625,7 @@ def main() -> int:
         "rounds_plot": None if plot is None else plot.name,
         "local_steps_sweep": sweep,
         "server_momentum_sweep": momentum,
+        "lr_sweep": rates,
         "settings": asdict(s),
         "runtime": "Flower simulation (Ray, two sites at a time), one torch thread per process",
         "store": None if store is None else store.as_posix().replace(ROOT.as_posix() + "/", ""),

@@ -511,6 +511,15 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
             "",
         ]
         out += [*table(["server momentum", "mean Dice", "s / round"], body), ""]
+    rates = doc.get("lr_sweep", [])
+    if rates:
+        body = [[f"{r['lr']:g}", _dice(r["dice_mean"]), *[_dice(v) for v in r["per_site"].values()]] for r in rates]
+        out += [
+            "Federated U-Harmony at other peak learning rates (the contract's 0.002 is the main row; first scenario, "
+            "replicate 0):",
+            "",
+        ]
+        out += [*table(["peak lr", "mean Dice", *rates[0]["per_site"]], body), ""]
     out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
     out += ["", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
