@@ -288,4 +288,6 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(mixed: Path, 
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode != 0
     line = "uharmony: error: --batch 3 does not split over 2 processes: use a multiple of it"
-    assert stderr.splitlines().count(line) == 2 and not (tmp_path / "m.work").exists()
+    # every rank refuses, but torchrun stops the other rank as soon as one exits: one or two such lines, nothing else
+    errors = [x for x in stderr.splitlines() if x.startswith("uharmony:")]
+    assert errors and set(errors) == {line} and not (tmp_path / "m.work").exists()
