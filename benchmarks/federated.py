@@ -464,8 +464,8 @@ def lr_rows(
     rep: Replicate, s: Settings, rates: list[float], main: dict[str, Any], started: float, store: Path | None
 ) -> list[dict]:
     """Federated U-Harmony at each peak learning rate, everything else the main row's (the contract's own rate is
-    that row). Averaging four sites' displacements advances the model about as far as one site's sequential steps,
-    a quarter of what pooled training takes in the same optimizer steps: a larger rate is what would make up for it."""
+    that row). Averaging the sites' displacements advances the model about as far as one site's sequential steps, a
+    fraction (1 / sites) of what pooled training covers in as many optimizer steps; a larger rate may make up part."""
     rows = []
     for lr in rates:
         if lr == Federation.lr:
