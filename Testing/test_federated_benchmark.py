@@ -44,6 +44,8 @@ def test_help_and_quick_never_scores_on_test_seeds(tmp_path: Path) -> None:
         (["--local-steps-sweep", "0"], "--local-steps-sweep: each number of local steps must be at least 1"),
         (["--server-momentum-sweep", "1"], "--server-momentum-sweep: each momentum must be in [0, 1)"),
         (["--lr-sweep", "0.002", "-0.01"], "--lr-sweep: each learning rate must be in (0, 1]"),
+        (["--federated-lr", "0"], "--federated-lr: each learning rate must be in (0, 1]"),
+        (["--central-lr", "2"], "--central-lr: each learning rate must be in (0, 1]"),
     ],
 )
 def test_a_sweep_value_out_of_range_is_refused_before_any_work(tmp_path: Path, sweep: list[str], message: str) -> None:
@@ -121,17 +123,26 @@ def test_quick_run_scores_every_case_and_compares(tmp_path: Path) -> None:
     ]
     assert is_fraction(rates[1]["dice_mean"]) and list(rates[1]["per_site"]) == SITES
     assert len(rates[1]["dice_per_round"]) == 2 and len(rates[1]["train_loss_per_round"]) == 2
+    central = rows["centralized_uharmony"]["dice_mean"]  # the main rows' rate: the centralized main row itself
+    assert rates[0]["centralized"]["dice_mean"] == central
+    assert rates[0]["gap_to_centralized"] == pytest.approx(rates[0]["dice_mean"] - central, abs=1e-4)
+    other = rates[1]["centralized"]  # trained again at 0.01
+    assert is_fraction(other["dice_mean"]) and list(other["per_site"]) == SITES
+    assert rates[1]["gap_to_centralized"] == pytest.approx(rates[1]["dice_mean"] - other["dice_mean"], abs=1e-4)
+    assert doc["rates"] == {"federated": 0.002, "central": 0.002}
 
     assert doc["rounds_plot"] == "federated_rounds.png"
     assert (tmp_path / doc["rounds_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = "\n".join(results_renderer("federated.json")(doc))
     assert all(f"`{a}`" in markdown for a in ARMS) and "Command:" in markdown and "federated_rounds.png" in markdown
     assert "Federated U-Harmony with server momentum (Flower's FedAvgM" in markdown
-    assert "Federated U-Harmony at other peak learning rates" in markdown and "| 0.01 |" in markdown
+    assert "Federated and centralized U-Harmony at other peak learning rates" in markdown and "| 0.01 |" in markdown
+    assert "| `federated_lr` | 0.002 |" in markdown
 
     # the finished replicate and the sweep's other run were stored: a run on a new machine (no work folder) trains
     # nothing and gives the same figures and case records
     assert sorted(p.name for p in store.iterdir()) == [
+        "protocols-r0-central-lr0.01.json",
         "protocols-r0-local1.json",
         "protocols-r0-lr0.01.json",
         "protocols-r0-momentum0.5.json",
@@ -168,3 +179,23 @@ def test_a_stored_replicate_of_other_settings_is_refused(tmp_path: Path) -> None
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"broken.json: not a stored replicate"):
         replicate_store.load(tmp_path, "broken", key)
+
+
+def test_chosen_rates_name_their_replicate_and_reach_every_arm(tmp_path: Path) -> None:
+    """Rates chosen on development data make their own replicate (name, key, model folder): a model or a stored
+    replicate of other rates is never reused, and replicates stored at the defaults keep their names and keys."""
+    from federated import FULL, OURS, Rates, Replicate
+
+    default = Replicate(tmp_path, "protocols", 0, FULL, False)
+    assert default.name == "protocols-r0" and default.folder == tmp_path / "protocols" / "r0"
+    assert not {"federated_lr", "central_lr"} & set(default.key())
+    assert default.contract(OURS, FULL).lr == 0.002 and default.training("c", "uharmony", tmp_path, 9).lr == 0.002
+
+    chosen = Replicate(tmp_path, "protocols", 0, FULL, True, Rates(federated=0.004, central=0.003))
+    assert chosen.name == "protocols-r0-test-lr0.004-0.003" and chosen.folder.name == "r0-lr0.004-0.003"
+    assert chosen.key()["federated_lr"] == 0.004 and chosen.key()["central_lr"] == 0.003
+    assert chosen.key()["evaluation"] == "test" and chosen.key()["test_seed"] != default.key()["test_seed"]
+    assert all(chosen.contract(arm, FULL).lr == 0.004 for arm in ("federated_uharmony", "federated_fedbn"))
+    assert chosen.contract(OURS, FULL, lr=0.008).lr == 0.008  # a sweep's own rate wins
+    assert {j.lr for j in chosen.trainings()} == {0.003}  # centralized, wide and local-only alike
+    assert chosen.training("c", "uharmony", tmp_path, 9, lr=0.01).lr == 0.01

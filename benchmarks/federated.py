@@ -1,7 +1,8 @@
 """Federated U-Harmony against FedAvg, FedProx, FedBN, local-only and centralized training, at matched steps.
 
     .venv/bin/python benchmarks/federated.py [--quick] [--final] [--scenarios protocols annotation]
-        [--replicates 3 [2 ...]] [--local-steps-sweep 5 25 100] [--server-momentum-sweep 0.6 0.9] [--jobs 2]
+        [--replicates 3 [2 ...]] [--local-steps-sweep 5 25 100] [--server-momentum-sweep 0.6 0.9]
+        [--lr-sweep 0.002 0.004 0.008] [--federated-lr 0.002] [--central-lr 0.002] [--jobs 2]
         [--out docs/results/federated.json] [--work DIR]
 
 Sites differ as scanner protocols (`protocols`) or annotators (`annotation`) do. In each
@@ -25,7 +26,10 @@ other arm, pooled and per site, with the hierarchical bootstrap (replicates, the
 replicate at other local steps, rounds x local steps kept (client drift against
 communication). `--server-momentum-sweep` repeats it there with Flower's FedAvgM: the server
 steps along a momentum of the averaged updates (server-side optimization, against the stateful
-clients alone; momentum 0 is plain averaging, the main row). A killed run keeps its finished
+clients alone; momentum 0 is plain averaging, the main row). `--lr-sweep` repeats federated and
+centralized U-Harmony there at other peak learning rates, so that each arm's rate is chosen on
+development replicates; `--federated-lr` and `--central-lr` then run every replicate at the chosen
+rates (a replicate of its own, with `--final` on the test seeds). A killed run keeps its finished
 models and scores: run it again with the same --work to go on.
 """
 
@@ -81,6 +85,24 @@ BATCH = Federation.batch  # patches per step: the federation contract's default,
 
 
 @dataclass(frozen=True)
+class Rates:
+    """Peak learning rates of the one-cycle schedule: every federation's (`--federated-lr`) and every `uharmony
+    train` arm's, centralized and local-only (`--central-lr`). Each arm's rate is chosen on development replicates
+    (`--lr-sweep`); the defaults are the contract's and `uharmony train`'s."""
+
+    federated: float = Federation.lr
+    central: float = TrainConfig.lr
+
+    @property
+    def tag(self) -> str:
+        return "" if self == Rates() else f"-lr{self.federated:g}-{self.central:g}"
+
+    def key(self) -> dict[str, float]:
+        """Empty at the defaults, so replicates stored before the rates were options still match."""
+        return {} if self == Rates() else {"federated_lr": self.federated, "central_lr": self.central}
+
+
+@dataclass(frozen=True)
 class Settings:
     spacing: float
     cases_per_site: int
@@ -105,24 +127,26 @@ def log(message: str, started: float) -> None:
 class Replicate:
     """One scenario's replicate r: its data, its seeds and its folders."""
 
-    def __init__(self, work: Path, scenario: str, r: int, s: Settings, final: bool) -> None:
+    def __init__(self, work: Path, scenario: str, r: int, s: Settings, final: bool, rates: Rates | None = None) -> None:
         self.scenario, self.r, self.s, self.final = scenario, r, s, final
+        self.rates = rates or Rates()
         self.seed = PROTOCOL.replicate_seeds(r + 1)[r]
         self.test_seed = PROTOCOL.evaluation_seeds(final)[r]
-        self.folder = work / scenario / f"r{r}"
+        self.folder = work / scenario / f"r{r}{self.rates.tag}"  # models of other rates are never resumed
         self.data = work / "data"
         self.spec = resolve_scenario(scenario)
         self.sites = [x.name for x in self.spec.sites]
 
     @property
     def name(self) -> str:
-        return f"{self.scenario}-r{self.r}"
+        """Named by evaluation and rates too, so a final run or one at chosen rates never meets another's file."""
+        return f"{self.scenario}-r{self.r}{'-test' if self.final else ''}{self.rates.tag}"
 
     def key(self) -> dict[str, Any]:
         """What a stored copy of this replicate must have run under (benchmarks/replicate_store.py)."""
         evaluation = "test" if self.final else "development"
         return {"scenario": self.scenario, "settings": asdict(self.s), "evaluation": evaluation,
-                "training_seed": self.seed, "test_seed": self.test_seed}  # fmt: skip
+                "training_seed": self.seed, "test_seed": self.test_seed, **self.rates.key()}  # fmt: skip
 
     # The cases are drawn when first needed (a stored replicate needs none). Folders are named by seed: a dataset
     # of another replicate or of the other evaluation is never reused.
@@ -152,7 +176,9 @@ class Replicate:
     def site_steps(self) -> int:
         return self.s.rounds * self.s.local_steps
 
-    def training(self, name: str, norm: str, data: Path, steps: int, batch: int = BATCH) -> TrainConfig:
+    def training(
+        self, name: str, norm: str, data: Path, steps: int, batch: int = BATCH, lr: float | None = None
+    ) -> TrainConfig:
         s = self.s
         return TrainConfig(
             data=[data],
@@ -165,6 +191,7 @@ class Replicate:
             spacing=(s.spacing,) * 3,
             val_fraction=s.val_fraction,  # the federation's split: the same training cases
             seed=self.seed,
+            lr=lr or self.rates.central,
             resume=True,  # continues a killed run's checkpoint, else starts fresh
         )
 
@@ -200,7 +227,7 @@ class Replicate:
             eval_every=s.eval_every,
             seed=self.seed,
             name=arm.replace("_", "-"),
-            **({} if lr is None else {"lr": lr}),
+            lr=lr or self.rates.federated,
         )
 
 
@@ -460,19 +487,43 @@ def momentum_rows(
     return rows
 
 
+def central_variant(rep: Replicate, lr: float, started: float, store: Path | None, jobs: int) -> Scored:
+    """Centralized U-Harmony (as many optimizer steps as all sites together) at peak rate `lr`, stored as
+    `{replicate}-central-lr{lr}`: its scored test cases."""
+    name = f"{rep.name}-central-lr{lr:g}"
+    key = {**rep.key(), "central_lr": lr}
+    kept = replicate_store.load(store, name, key)
+    if kept is not None:
+        return replicate_store.scored_from_json(kept["scored"])
+    config = rep.training(f"{CENTRAL}-lr{lr:g}", "uharmony", rep.train, rep.site_steps * len(rep.sites), lr=lr)
+    run_all([config], jobs, lambda j, _r: log(f"{rep.name} {j.out.name} trained", started))
+    job = ScoreJob(config.out, rep.test, False, CENTRAL, rep.r, rep.folder / "scores" / f"{config.out.name}.json")
+    scored = merged(run_all([job], 1, lambda _j, _r: None), CENTRAL, rep.r)
+    replicate_store.save(store, name, key, {"scored": replicate_store.scored_to_json(scored)})
+    return scored
+
+
 def lr_rows(
-    rep: Replicate, s: Settings, rates: list[float], main: dict[str, Any], started: float, store: Path | None
+    rep: Replicate, s: Settings, rates: list[float], main: dict[str, Any], started: float, store: Path | None, jobs: int
 ) -> list[dict]:
-    """Federated U-Harmony at each peak learning rate, everything else the main row's (the contract's own rate is
-    that row). Averaging the sites' displacements advances the model about as far as one site's sequential steps, a
-    fraction (1 / sites) of what pooled training covers in as many optimizer steps; a larger rate may make up part."""
+    """Federated U-Harmony and centralized U-Harmony at each peak learning rate, everything else the main rows' (the
+    replicate's own rates are those rows), so that each arm's rate is chosen on development data and the goal's gap
+    is read between arms at their best. Averaging the sites' displacements advances the model about as far as one
+    site's sequential steps, a fraction (1 / sites) of what pooled training covers in as many optimizer steps; a
+    larger rate may make up part."""
     rows = []
     for lr in rates:
-        if lr == Federation.lr:
+        if lr == rep.rates.federated:
             fed, scored = main["federations"][OURS], main["scored"][OURS]
         else:
             fed, scored = variant(rep, s, f"lr{lr:g}", {**rep.key(), "lr": lr}, started, store, lr=lr)
-        rows.append({"lr": lr, **variant_row(fed, scored, rep.sites)})
+        central = main["scored"][CENTRAL] if lr == rep.rates.central else central_variant(rep, lr, started, store, jobs)
+        row = {"lr": lr, **variant_row(fed, scored, rep.sites)}
+        per_site = site_means(central, rep.sites)
+        pooled = mean_of(list(per_site.values()))
+        row["centralized"] = {"dice_mean": pooled, "per_site": {k: mean_of([v]) for k, v in per_site.items()}}
+        row["gap_to_centralized"] = None if None in (row["dice_mean"], pooled) else round(row["dice_mean"] - pooled, 4)
+        rows.append(row)
     return rows
 
 
@@ -566,7 +617,21 @@ def main() -> int:
         nargs="+",
         default=[],
         metavar="LR",
-        help=f"federated U-Harmony again at each peak learning rate LR (the contract's is {Federation.lr:g})",
+        help="federated and centralized U-Harmony again at each peak learning rate LR (first replicate)",
+    )
+    ap.add_argument(
+        "--federated-lr",
+        type=float,
+        default=Federation.lr,
+        metavar="LR",
+        help=f"every federation's peak learning rate (the contract's {Federation.lr:g})",
+    )
+    ap.add_argument(
+        "--central-lr",
+        type=float,
+        default=TrainConfig.lr,
+        metavar="LR",
+        help=f"the centralized and local-only models' peak learning rate (uharmony train's {TrainConfig.lr:g})",
     )
     ap.add_argument("--jobs", type=int, default=2, help="single-threaded trainings and scorings side by side (2)")
     ap.add_argument("--final", action="store_true", help="score on the protocol's test seeds (final runs only)")
@@ -577,8 +642,10 @@ def main() -> int:
         ap.error("--local-steps-sweep: each number of local steps must be at least 1")
     if any(not 0 <= m < 1 for m in args.server_momentum_sweep):
         ap.error("--server-momentum-sweep: each momentum must be in [0, 1)")
-    if any(not 0 < lr <= 1 for lr in args.lr_sweep):
-        ap.error("--lr-sweep: each learning rate must be in (0, 1]")
+    for flag, values in (("--lr-sweep", args.lr_sweep), ("--federated-lr", [args.federated_lr]),
+                         ("--central-lr", [args.central_lr])):  # fmt: skip
+        if any(not 0 < lr <= 1 for lr in values):
+            ap.error(f"{flag}: each learning rate must be in (0, 1]")
     s = QUICK if args.quick else FULL
     scenarios = args.scenarios or (["protocols"] if args.quick else ["protocols", "annotation"])
     counts = args.replicates or [1 if args.quick else 3]
@@ -594,12 +661,13 @@ def main() -> int:
     torch.set_num_threads(1)
     work = args.work / ("quick" if args.quick else "full")
     check_work(work, {**asdict(s), "final": args.final})
+    chosen = Rates(args.federated_lr, args.central_lr)
     started = time.perf_counter()
     figures: list[dict[str, Any]] = []
     scored: list[Scored] = []
     first: tuple[Replicate, dict[str, Any]] | None = None
     for scenario in scenarios:
-        reps_info = [Replicate(work, scenario, r, s, args.final) for r in range(replicates[scenario])]
+        reps_info = [Replicate(work, scenario, r, s, args.final, chosen) for r in range(replicates[scenario])]
         reps = [run_replicate(rep, s, args.jobs, started, store) for rep in reps_info]
         figures.append(scenario_figures(scenario, reps, reps_info[0].sites))
         scored += [replace(x, arm=f"{scenario}/{x.arm}") for r in reps for x in r["scored"].values()]
@@ -610,7 +678,7 @@ def main() -> int:
     momentum = []
     if args.server_momentum_sweep and first is not None:
         momentum = momentum_rows(first[0], s, args.server_momentum_sweep, first[1], started, store)
-    rates = lr_rows(first[0], s, args.lr_sweep, first[1], started, store) if args.lr_sweep and first else []
+    rates = lr_rows(first[0], s, args.lr_sweep, first[1], started, store, args.jobs) if args.lr_sweep and first else []
     cases = None if out is None else write_case_scores(out, PROTOCOL, args.final, scored)
     plot = None
     if out is not None:
@@ -627,6 +695,7 @@ def main() -> int:
         "server_momentum_sweep": momentum,
         "lr_sweep": rates,
         "settings": asdict(s),
+        "rates": asdict(chosen),
         "runtime": "Flower simulation (Ray, two sites at a time), one torch thread per process",
         "store": None if store is None else store.as_posix().replace(ROOT.as_posix() + "/", ""),
         "command": " ".join(["python", "benchmarks/federated.py", *sys.argv[1:]]),

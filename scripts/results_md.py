@@ -513,14 +513,25 @@ def render_federated(doc: dict[str, Any]) -> list[str]:
         out += [*table(["server momentum", "mean Dice", "s / round"], body), ""]
     rates = doc.get("lr_sweep", [])
     if rates:
-        body = [[f"{r['lr']:g}", _dice(r["dice_mean"]), *[_dice(v) for v in r["per_site"].values()]] for r in rates]
+        body = [
+            [
+                f"{r['lr']:g}",
+                _dice(r["dice_mean"]),
+                _dice(r.get("centralized", {}).get("dice_mean")),
+                _dice(r.get("gap_to_centralized")),
+                *[_dice(v) for v in r["per_site"].values()],
+            ]
+            for r in rates
+        ]
         out += [
-            "Federated U-Harmony at other peak learning rates (the contract's 0.002 is the main row; first scenario, "
-            "replicate 0):",
+            "Federated and centralized U-Harmony at other peak learning rates (the main rows' rates are the main rows; "
+            "first scenario, replicate 0; per site: federated):",
             "",
         ]
-        out += [*table(["peak lr", "mean Dice", *rates[0]["per_site"]], body), ""]
-    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in doc.get("settings", {}).items()])
+        head = ["peak lr", "federated Dice", "centralized Dice", "gap", *rates[0]["per_site"]]
+        out += [*table(head, body), ""]
+    chosen = {f"{k}_lr": v for k, v in doc.get("rates", {}).items()}  # peak rates (before they were options: none)
+    out += table(["setting", "value"], [[f"`{k}`", v] for k, v in {**doc.get("settings", {}), **chosen}.items()])
     out += ["", *[f"- {n}" for n in doc.get("notes", [])]]
     minutes = doc.get("seconds", 0) / 60
     reused = (
