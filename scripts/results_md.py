@@ -722,10 +722,13 @@ def render_stored_replicate(doc: dict[str, Any]) -> list[str]:
     scored = payload["scored"]
     arms = [scored] if "records" in scored else list(scored.values())
     settings = key["settings"]
+    variant = {"lr": "federated U-Harmony's peak lr", "central_lr": "centralized peak lr",
+               "federated_lr": "federations' peak lr", "server_momentum": "server momentum"}  # fmt: skip
+    extra = "".join(f"; {label} {key[k]:g}" for k, label in variant.items() if k in key)
     out = [
         f"Stored replicate of `{key['scenario']}` ({key['evaluation']} evaluation, training seed "
         f"{key['training_seed']}, test seed {key['test_seed']}; {settings['rounds']} rounds x "
-        f"{settings['local_steps']} local steps), kept for `benchmarks/federated.py` to reuse.",
+        f"{settings['local_steps']} local steps{extra}), kept for `benchmarks/federated.py` to reuse.",
         "",
     ]
     rows = [[f"`{a['arm']}`", _dice(_site_mean_dice(a["records"])), len(a["records"])] for a in arms]
@@ -753,6 +756,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "diagnose_confirmation.json": render_diagnose,
     "diagnose_datasets/*.json": render_stored_dataset,
     "federated.json": render_federated,
+    "federated_final.json": render_federated,
     "federated_replicates/*.json": render_stored_replicate,
     "gpu_check.json": render_gpu_check,
     "inference.json": render_inference,
